@@ -1,0 +1,33 @@
+"""API keys (only a hash of the secret is kept) and per-key rate-limit windows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.db_types import UTCDateTime
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The owner: keys sharing a name share their jobs, which makes rotation painless.
+    name: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_api_keys_name", "name"),)
+
+
+class RateLimitWindow(Base):
+    __tablename__ = "rate_limit_windows"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,47 @@
+"""A per-key limit on job creation, counted in the database so every replica agrees."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from app.auth.models import RateLimitWindow
+from app.db import Database
+from app.errors import RateLimited
+
+WINDOW_SECONDS = 60
+
+
+async def charge(db: Database, *, key_id: str, limit: int) -> None:
+    """Count one job creation for `key_id`; 429 with Retry-After once over `limit` a minute."""
+    if limit <= 0:
+        return
+    now = time.time()
+    window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
+    insert = sqlite_insert if db.is_sqlite else pg_insert
+    statement = (
+        insert(RateLimitWindow)
+        .values(key_id=key_id, window_start=window, count=1)
+        .on_conflict_do_update(
+            index_elements=["key_id", "window_start"],
+            set_={"count": RateLimitWindow.count + 1},
+        )
+        .returning(RateLimitWindow.count)
+    )
+    async with db.write() as session:
+        count = (await session.execute(statement)).scalar_one()
+        if count == 1:
+            await session.execute(
+                delete(RateLimitWindow).where(
+                    RateLimitWindow.key_id == key_id, RateLimitWindow.window_start < window
+                )
+            )
+    if count > limit:
+        retry_after = max(1, math.ceil(window + WINDOW_SECONDS - now))
+        raise RateLimited(
+            f"rate limit of {limit} jobs per minute exceeded", retry_after=retry_after
+        )

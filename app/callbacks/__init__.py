@@ -1,0 +1,1 @@
+"""Provider callbacks: authenticate, store, and ask for confirmation (CONTRACT §4)."""

@@ -1,0 +1,1 @@
+"""The supported models: one declarative input schema per model, and the registry."""

@@ -1,0 +1,130 @@
+"""Settings: the only place that reads the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_POYO_BASE_URL = "https://api.poyo.ai"
+SANDBOX_MOUNT_PATH = "/sandbox"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, typed, with the defaults of CONTRACT §2."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- contract §2 -----------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./poyo_relay.db"
+    poyo_api_key: SecretStr = SecretStr("")
+    poyo_base_url: str = DEFAULT_POYO_BASE_URL
+    public_base_url: str = "http://127.0.0.1:8000"
+    poyo_webhook_secret: SecretStr = SecretStr("")
+    run_worker: bool = True
+
+    # --- callbacks ---------------------------------------------------------------------
+    # Keys the per-job callback credential. Empty: one is generated and kept in the
+    # database, so every replica and every restart agrees on it.
+    callback_secret: SecretStr = SecretStr("")
+    callback_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=16_777_216)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+
+    # --- worker ------------------------------------------------------------------------
+    submit_max_attempts: int = Field(default=8, ge=1, le=100)
+    reconcile_after_seconds: float = Field(default=300, gt=0)
+    job_deadline_seconds: float = Field(default=21_600, gt=0)
+    worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    worker_lease_seconds: float = Field(default=60, ge=5, le=3600)
+    worker_batch_size: int = Field(default=50, ge=1, le=1000)
+    worker_concurrency: int = Field(default=16, ge=1, le=256)
+    retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(default=600, gt=0, le=86_400)
+    # A submission whose outcome is unknown (we crashed while the provider was answering)
+    # waits this long for the provider's callback before it is submitted again.
+    uncertain_submit_grace_seconds: float = Field(default=300, ge=0)
+
+    # --- provider HTTP -----------------------------------------------------------------
+    provider_connect_timeout_seconds: float = Field(default=5, gt=0, le=120)
+    provider_timeout_seconds: float = Field(default=30, gt=0, le=600)
+    provider_max_connections: int = Field(default=100, ge=1, le=10_000)
+
+    # --- client API --------------------------------------------------------------------
+    api_max_body_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
+    rate_limit_jobs_per_minute: int = Field(default=120, ge=0)
+
+    # --- database ----------------------------------------------------------------------
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_max_overflow: int = Field(default=10, ge=0, le=200)
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # --- logging -----------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True
+
+    # --- sandbox (the built-in PoYo simulator, used when POYO_API_KEY is empty) --------
+    sandbox_queue_seconds: float = Field(default=0.5, ge=0, le=3600)
+    sandbox_run_seconds: float = Field(default=2.0, ge=0, le=3600)
+
+    @field_validator("public_base_url", "poyo_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+    @property
+    def sandbox_mode(self) -> bool:
+        """No provider key: the built-in simulator plays PoYo."""
+        return not self.poyo_api_key.get_secret_value()
+
+    @property
+    def provider_base_url(self) -> str:
+        """Where provider requests go; in sandbox mode the simulator mounted in this app."""
+        if self.sandbox_mode and self.poyo_base_url == DEFAULT_POYO_BASE_URL:
+            return self.public_base_url + SANDBOX_MOUNT_PATH
+        return self.poyo_base_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class SettingsError(Exception):
+    """Invalid configuration, rendered as one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; invalid values raise SettingsError with one line per problem."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"invalid setting {field}: {error['msg']}")
+        raise SettingsError(problems) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

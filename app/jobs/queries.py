@@ -1,0 +1,117 @@
+"""The read side: one job, a page of jobs, a job's audit trail. Tenancy is applied here.
+
+Pages are keyset-paginated on the job id, which is time-ordered (ids.py), so the cost of
+a page does not depend on how deep it is or how long the history grows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from app.db import Database
+from app.errors import InvalidRequest, NotFound
+from app.ids import job_id_bound
+from app.jobs.models import Job, JobEvent
+from app.jobs.service import Caller
+from app.jobs.states import JobStatus
+
+JOB_ID = re.compile(r"^job_[0-9a-z]{26}$")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: JobStatus | None = None
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not pattern.match(value):
+        raise InvalidRequest(
+            "invalid cursor",
+            details=[
+                {
+                    "loc": ["query", "cursor"],
+                    "msg": "not a cursor this API returned",
+                    "type": "value_error",
+                }
+            ],
+        )
+    return value
+
+
+def _ms_ceiling(moment: datetime) -> datetime:
+    """created_at is stored to the millisecond; round a bound up to the next one."""
+    if moment.microsecond % 1000:
+        moment = moment + timedelta(microseconds=1000 - moment.microsecond % 1000)
+    return moment
+
+
+async def get_job(db: Database, *, caller: Caller, job_id: str) -> Job:
+    """The caller's job; another owner's job is as unknown as a missing one."""
+    if JOB_ID.match(job_id):
+        async with db.read() as session:
+            query = select(Job).where(Job.id == job_id)
+            if caller.scope is not None:
+                query = query.where(Job.owner == caller.scope)
+            job = (await session.execute(query)).scalar_one_or_none()
+            if job is not None:
+                return job
+    raise NotFound(f"no job with id {job_id!r}")
+
+
+async def list_jobs(
+    db: Database, *, caller: Caller, filters: JobFilter, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if caller.scope is not None:
+        query = query.where(Job.owner == caller.scope)
+    if filters.status is not None:
+        query = query.where(Job.status == filters.status.value)
+    if filters.model is not None:
+        query = query.where(Job.model == filters.model)
+    if filters.created_after is not None:
+        query = query.where(Job.id >= job_id_bound(_ms_ceiling(filters.created_after), upper=False))
+    if filters.created_before is not None:
+        query = query.where(Job.id < job_id_bound(_ms_ceiling(filters.created_before), upper=False))
+    if cursor is not None:
+        query = query.where(Job.id < decode_cursor(cursor, JOB_ID))
+    async with db.read() as session:
+        jobs = list((await session.execute(query)).scalars())
+    if len(jobs) > limit:
+        return jobs[:limit], encode_cursor(jobs[limit - 1].id)
+    return jobs, None
+
+
+EVENT_CURSOR = re.compile(r"^[0-9]{1,19}$")
+
+
+async def list_events(
+    db: Database, *, caller: Caller, job_id: str, limit: int, cursor: str | None
+) -> tuple[list[JobEvent], str | None]:
+    """The job's audit trail, oldest first."""
+    await get_job(db, caller=caller, job_id=job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(JobEvent.id > int(decode_cursor(cursor, EVENT_CURSOR)))
+    async with db.read() as session:
+        events = list((await session.execute(query)).scalars())
+    if len(events) > limit:
+        return events[:limit], encode_cursor(str(events[limit - 1].id))
+    return events, None

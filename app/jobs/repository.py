@@ -1,0 +1,137 @@
+"""SQL for jobs and their events. Functions here only execute and flush; callers commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.jobs.models import Job, JobEvent
+from app.jobs.states import JobStatus, sources_of
+
+
+async def add_event(
+    session: AsyncSession | AsyncConnection,
+    *,
+    job_id: str,
+    type: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    await session.execute(
+        insert(JobEvent).values(job_id=job_id, type=type, data=data, created_at=now)
+    )
+
+
+async def get_job(session: AsyncSession, job_id: str, *, owner: str | None = None) -> Job | None:
+    """The job, or None when it does not exist or belongs to someone else."""
+    query = select(Job).where(Job.id == job_id)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def change_status(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    target: JobStatus,
+    values: dict[str, Any],
+    lease_owner: str | None = None,
+) -> bool:
+    """Compare-and-set: move the job to `target` only from a status that may precede it."""
+    conditions = [Job.id == job_id, Job.status.in_([s.value for s in sources_of(target)])]
+    if lease_owner is not None:
+        conditions.append(Job.lease_owner == lease_owner)
+    result = await session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(status=target.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+async def update_held(
+    session: AsyncSession, *, job_id: str, lease_owner: str, values: dict[str, Any]
+) -> bool:
+    """Update bookkeeping on a job only while we still hold its lease."""
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == lease_owner)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+def _lease_free(now: datetime) -> ColumnElement[bool]:
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+
+
+async def claim_due(
+    session: AsyncSession,
+    *,
+    statuses: Iterable[JobStatus],
+    now: datetime,
+    lease_owner: str,
+    lease_until: datetime,
+    limit: int,
+    skip_locked: bool,
+    extra: Sequence[ColumnElement[bool]] = (),
+) -> list[str]:
+    """Lease up to `limit` due jobs to `lease_owner`; no two claimers ever get the same job."""
+    candidates = (
+        select(Job.id)
+        .where(
+            Job.next_check_at <= now,
+            Job.status.in_([s.value for s in statuses]),
+            _lease_free(now),
+            *extra,
+        )
+        .order_by(Job.next_check_at)
+        .limit(limit)
+    )
+    if skip_locked:
+        candidates = candidates.with_for_update(skip_locked=True)
+    result = await session.execute(
+        update(Job)
+        .where(Job.id.in_(candidates.scalar_subquery()), _lease_free(now))
+        .values(lease_owner=lease_owner, lease_expires_at=lease_until)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(result.scalars())
+
+
+async def release_leases(
+    session: AsyncSession, *, lease_owner: str, job_ids: Iterable[str]
+) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.lease_owner == lease_owner)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def count_due(session: AsyncSession, *, statuses: Iterable[JobStatus], now: datetime) -> int:
+    query = select(func.count()).where(
+        Job.next_check_at <= now, Job.status.in_([s.value for s in statuses])
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def oldest_due(
+    session: AsyncSession, *, statuses: Iterable[JobStatus], now: datetime
+) -> datetime | None:
+    query = (
+        select(Job.next_check_at)
+        .where(Job.next_check_at <= now, Job.status.in_([s.value for s in statuses]))
+        .order_by(Job.next_check_at)
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()

@@ -1,0 +1,125 @@
+"""`/v1/jobs`: thin handlers over jobs.service (commands) and jobs.queries (reads)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Response
+
+from app.deps import CallerDep, RuntimeDep
+from app.errors import error_responses
+from app.jobs import queries
+from app.jobs.schemas import (
+    EventList,
+    JobCreate,
+    JobList,
+    JobOut,
+    event_to_dict,
+    job_to_dict,
+)
+from app.jobs.states import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retries with the same key and body within 24 h return the original job.",
+    ),
+]
+
+
+def _json(content: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    summary="Create a job",
+    responses={
+        200: {"model": JobOut, "description": "Replay of an earlier request with this key"},
+        **error_responses(401, 409, 413, 415, 422, 429),
+    },
+)
+async def create_job(
+    body: JobCreate,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Validate, store and submit a job. A provider rejection is a `201` with `failed`."""
+    job, created = await runtime.jobs.create(
+        caller=caller, body=body, idempotency_key=idempotency_key
+    )
+    return _json(job_to_dict(job), 201 if created else 200)
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    responses=error_responses(401, 422),
+)
+async def list_jobs(
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    status: JobStatus | None = None,
+    model: Annotated[str | None, Query(max_length=64)] = None,
+    created_after: Annotated[datetime | None, Query(description="inclusive")] = None,
+    created_before: Annotated[datetime | None, Query(description="exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:
+    filters = queries.JobFilter(status, model, _utc(created_after), _utc(created_before))
+    jobs, next_cursor = await queries.list_jobs(
+        runtime.db, caller=caller, filters=filters, limit=limit, cursor=cursor
+    )
+    return _json(
+        {"object": "list", "data": [job_to_dict(j) for j in jobs], "next_cursor": next_cursor}
+    )
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="Get a job",
+    responses=error_responses(401, 404),
+)
+async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+    job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
+    return _json(job_to_dict(job))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    summary="A job's audit trail, oldest first",
+    responses=error_responses(401, 404, 422),
+)
+async def list_events(
+    job_id: str,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    events, next_cursor = await queries.list_events(
+        runtime.db, caller=caller, job_id=job_id, limit=limit, cursor=cursor
+    )
+    return _json(
+        {"object": "list", "data": [event_to_dict(e) for e in events], "next_cursor": next_cursor}
+    )

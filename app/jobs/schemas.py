@@ -1,0 +1,151 @@
+"""The client API's job shapes (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.catalog.fields import HttpUrl
+from app.jobs.models import Job, JobEvent
+from app.jobs.states import JobStatus
+from app.timeutil import isoformat_z
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
+
+
+class JobCreate(BaseModel):
+    """`POST /v1/jobs`: the model, its input (checked against the model's schema) and extras."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    input: dict[str, Any]
+    metadata: Metadata = Field(default_factory=dict)
+    webhook_url: HttpUrl | None = None
+
+
+class ProviderInfo(BaseModel):
+    name: Literal["poyo"] = "poyo"
+    task_id: str | None
+    status: str | None
+
+
+class JobOutput(BaseModel):
+    url: str
+    type: str
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "job_01jcz3q9m4b8x2v7k5n0r6t1yw",
+                    "object": "job",
+                    "model": "wan2.5-image-to-video",
+                    "status": "succeeded",
+                    "input": {
+                        "prompt": "a red fox running through snow",
+                        "image_urls": ["https://example.com/fox.jpg"],
+                        "resolution": "720p",
+                        "duration": 5,
+                    },
+                    "metadata": {"order": "42"},
+                    "webhook_url": None,
+                    "provider": {
+                        "name": "poyo",
+                        "task_id": "task-unified-1731407400-ab12cd34",
+                        "status": "finished",
+                    },
+                    "progress": 100,
+                    "outputs": [{"url": "https://cdn.example.com/out.mp4", "type": "video"}],
+                    "error": None,
+                    "created_at": "2025-11-12T10:30:00.000Z",
+                    "updated_at": "2025-11-12T10:32:10.000Z",
+                    "submitted_at": "2025-11-12T10:30:00.120Z",
+                    "completed_at": "2025-11-12T10:32:10.000Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    object: Literal["job"] = "job"
+    model: str
+    status: JobStatus
+    input: dict[str, Any]
+    metadata: dict[str, str]
+    webhook_url: str | None
+    provider: ProviderInfo
+    progress: int = Field(ge=0, le=100)
+    outputs: list[JobOutput]
+    error: JobError | None
+    created_at: str
+    updated_at: str
+    submitted_at: str | None
+    completed_at: str | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    type: str
+    created_at: str
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    next_cursor: str | None = None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """The public JSON of a job; built by hand because this is the hottest read path."""
+    return {
+        "id": job.id,
+        "object": "job",
+        "model": job.model,
+        "status": job.status,
+        "input": job.input,
+        "metadata": job.metadata_ or {},
+        "webhook_url": job.webhook_url,
+        "provider": {
+            "name": "poyo",
+            "task_id": job.provider_task_id,
+            "status": job.provider_status,
+        },
+        "progress": job.progress or 0,
+        "outputs": job.outputs or [],
+        "error": job.error,
+        "created_at": isoformat_z(job.created_at),
+        "updated_at": isoformat_z(job.updated_at),
+        "submitted_at": isoformat_z(job.submitted_at),
+        "completed_at": isoformat_z(job.completed_at),
+    }
+
+
+def event_to_dict(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": f"evt_{event.id}",
+        "type": event.type,
+        "created_at": isoformat_z(event.created_at),
+        "data": event.data,
+    }

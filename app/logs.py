@@ -1,0 +1,96 @@
+"""Logging: one JSON object per line (or pretty in a terminal), secrets redacted.
+
+Both structlog and the standard library (uvicorn, SQLAlchemy, httpx) go through the same
+processors, so request and job ids bound in context appear on every line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from structlog.types import EventDict, Processor
+
+REDACTED = "[redacted]"
+_PATTERNS = [
+    re.compile(r"prk_[0-9a-z]{26}_[A-Za-z0-9_-]+"),  # API keys
+    re.compile(r"(?<=/v1/callbacks/poyo/)(job_[0-9a-z]{26})/[A-Za-z0-9_-]+"),  # URL credentials
+    re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}"),
+]
+
+
+class SecretRedactor:
+    """Removes known secret values and credential-shaped strings from every log field."""
+
+    def __init__(self) -> None:
+        self._secrets: list[str] = []
+
+    def register(self, values: Iterable[str]) -> None:
+        self._secrets = sorted(
+            {v for v in [*self._secrets, *values] if len(v) >= 6}, key=len, reverse=True
+        )
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _PATTERNS[0].sub(REDACTED, text)
+        text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}/{REDACTED}", text)
+        return _PATTERNS[2].sub(REDACTED, text)
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        return value
+
+    def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
+        return {key: self._clean(value) for key, value in event.items()}
+
+
+REDACTOR = SecretRedactor()
+
+
+def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
+    """Idempotent; safe to call from every entry point."""
+    pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        REDACTOR,
+    ]
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Our own access log replaces uvicorn's: it knows the route template, not the raw path.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -1,0 +1,110 @@
+"""The ASGI app (`app.main:app`): routers, error handlers, middleware, and the lifespan
+that builds the runtime and, unless RUN_WORKER=false, runs the background worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+
+from app import __version__
+from app.callbacks.credentials import CALLBACK_PATH
+from app.callbacks.router import router as callbacks_router
+from app.catalog.router import router as models_router
+from app.config import SANDBOX_MOUNT_PATH, Settings, get_settings
+from app.errors import install_error_handlers
+from app.jobs.router import router as jobs_router
+from app.logs import REDACTOR, configure_logging
+from app.middleware import BodySizeLimit, RequestContext
+from app.openapi import install_openapi
+from app.ops.router import router as ops_router
+from app.runtime import Runtime
+from app.sandbox.simulator import Faults, create_simulator
+from app.worker.runner import Worker
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = (
+    "A durable broker for asynchronous video generation on PoYo AI. Submit a job, "
+    "then read it, its outputs and its audit trail. Authenticate with "
+    "`Authorization: Bearer <API key>`."
+)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    return [
+        settings.poyo_api_key.get_secret_value(),
+        settings.poyo_webhook_secret.get_secret_value(),
+        settings.callback_secret.get_secret_value(),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    REDACTOR.register(_secrets(settings))
+    simulator = (
+        create_simulator(
+            Faults(
+                queue_seconds=settings.sandbox_queue_seconds,
+                run_seconds=settings.sandbox_run_seconds,
+            )
+        )
+        if settings.sandbox_mode
+        else None
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
+        worker = Worker(runtime) if settings.run_worker else None
+        if worker is not None:
+            worker.start()
+        log.info(
+            "service_started",
+            sandbox=settings.sandbox_mode,
+            worker=settings.run_worker,
+            provider=settings.provider_base_url,
+        )
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            if simulator is not None:
+                await simulator.state.simulator.aclose()
+            await runtime.close()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title="poyo-relay",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in (jobs_router, models_router, callbacks_router, ops_router):
+        app.include_router(router)
+    if simulator is not None:
+        app.mount(SANDBOX_MOUNT_PATH, simulator)
+    install_openapi(app)
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.api_max_body_bytes,
+        limits={CALLBACK_PATH: settings.callback_max_body_bytes},
+    )
+    app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, after the environment is read.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,67 @@
+"""Prometheus metrics. Label values come from closed sets only (models, statuses, outcomes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS_CREATED = Counter(
+    "poyo_relay_jobs_created_total", "Jobs accepted from clients.", ["model"], registry=REGISTRY
+)
+JOBS_FINISHED = Counter(
+    "poyo_relay_jobs_finished_total",
+    "Jobs that reached a terminal status.",
+    ["model", "status"],
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "poyo_relay_job_duration_seconds",
+    "Time from job creation to its terminal status.",
+    ["model", "status"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600),
+    registry=REGISTRY,
+)
+CALLBACKS = Counter(
+    "poyo_relay_callbacks_total",
+    "Provider callbacks received, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+PROVIDER_LATENCY = Histogram(
+    "poyo_relay_provider_request_duration_seconds",
+    "Latency of requests to the provider API.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    "poyo_relay_provider_errors_total",
+    "Failed requests to the provider API, by endpoint and kind.",
+    ["endpoint", "kind"],
+    registry=REGISTRY,
+)
+WORKER_QUEUE_DEPTH = Gauge(
+    "poyo_relay_worker_queue_depth",
+    "Jobs waiting for the worker, by queue.",
+    ["queue"],
+    registry=REGISTRY,
+)
+WORKER_LOOP_LAG = Gauge(
+    "poyo_relay_worker_loop_lag_seconds",
+    "How overdue the oldest due job was at the worker's last pass.",
+    ["loop"],
+    registry=REGISTRY,
+)
+WORKER_ITEMS = Counter(
+    "poyo_relay_worker_items_total",
+    "Jobs handled by worker loops, by loop and result.",
+    ["loop", "result"],
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "poyo_relay_http_requests_total",
+    "HTTP requests served, by route template, method and status class.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)

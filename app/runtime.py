@@ -1,0 +1,83 @@
+"""Everything a process needs at run time, built once and closed once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+
+from app.callbacks.credentials import CallbackCredentials, load_credentials
+from app.callbacks.service import CallbackService
+from app.config import Settings
+from app.db import Database
+from app.jobs.service import JobService
+from app.provider.client import PoyoClient
+
+
+class Wakeup:
+    """Lets a callback wake the in-process worker at once instead of at its next poll."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._event.wait(), seconds)
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+        return True
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    provider: PoyoClient
+    credentials: CallbackCredentials
+    jobs: JobService
+    callbacks: CallbackService
+    wakeup: Wakeup
+    instance: str
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        db = Database(settings)
+        credentials = await load_credentials(settings, db)
+        provider = PoyoClient(
+            base_url=settings.provider_base_url,
+            api_key=settings.poyo_api_key.get_secret_value(),
+            timeout=settings.provider_timeout_seconds,
+            connect_timeout=settings.provider_connect_timeout_seconds,
+            max_connections=settings.provider_max_connections,
+        )
+        wakeup = Wakeup()
+        instance = instance_id()
+        jobs = JobService(
+            settings=settings,
+            db=db,
+            provider=provider,
+            callback_url_for=credentials.url,
+            instance_id=instance,
+        )
+        callbacks = CallbackService(
+            db=db,
+            credentials=credentials,
+            webhook_secret=settings.poyo_webhook_secret.get_secret_value(),
+            webhook_tolerance=settings.webhook_tolerance_seconds,
+            on_received=wakeup.notify,
+        )
+        return cls(settings, db, provider, credentials, jobs, callbacks, wakeup, instance)
+
+    async def close(self) -> None:
+        await self.provider.aclose()
+        await self.db.dispose()

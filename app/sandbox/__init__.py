@@ -1,0 +1,1 @@
+"""The built-in PoYo simulator used in sandbox mode (no POYO_API_KEY)."""

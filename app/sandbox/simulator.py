@@ -1,0 +1,362 @@
+"""A PoYo simulator: the same endpoints and bodies as CONTRACT §1, with fault knobs.
+
+Tasks move not_started → running → finished (or failed) on a clock, and when they end
+the simulator really POSTs the callback to the task's callback URL. Faults (errors, 429,
+slow or reset connections, garbage bodies, dropped, duplicated, delayed or reordered
+callbacks) are drawn from a seeded random generator, so runs can be repeated.
+
+Operators drive it over HTTP: `PATCH /_sandbox/faults`, `GET /_sandbox/stats`,
+`GET /_sandbox/tasks`, `POST /_sandbox/reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from app.callbacks.credentials import webhook_signature
+
+log = structlog.get_logger("poyo_relay.sandbox")
+
+SAMPLE_VIDEO = Path(__file__).parent / "static" / "sample.mp4"
+KNOWN_MODELS = ("wan2.5-image-to-video", "wan2.5-text-to-video")
+_JOB_IN_URL = re.compile(r"/callbacks/poyo/(job_[0-9a-z]{26})/")
+
+
+class Faults(BaseModel):
+    """What can go wrong, as probabilities in [0, 1] and durations in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_seconds: float = Field(default=0.5, ge=0, le=3600)
+    run_seconds: float = Field(default=2.0, ge=0, le=3600)
+    fail_rate: float = Field(default=0, ge=0, le=1)
+    submit_error_rate: float = Field(default=0, ge=0, le=1)
+    status_error_rate: float = Field(default=0, ge=0, le=1)
+    rate_limit_rate: float = Field(default=0, ge=0, le=1)
+    retry_after_seconds: int = Field(default=1, ge=0, le=3600)
+    slow_rate: float = Field(default=0, ge=0, le=1)
+    slow_seconds: float = Field(default=2.0, ge=0, le=600)
+    reset_rate: float = Field(default=0, ge=0, le=1)
+    garbage_rate: float = Field(default=0, ge=0, le=1)
+    drop_callback_rate: float = Field(default=0, ge=0, le=1)
+    duplicate_callback_rate: float = Field(default=0, ge=0, le=1)
+    reorder_callback_rate: float = Field(default=0, ge=0, le=1)
+    callback_delay_seconds: float = Field(default=0, ge=0, le=3600)
+    flat_callbacks: bool = False
+    webhook_secret: str | None = Field(default=None, max_length=256)
+    seed: int | None = None
+
+
+@dataclass
+class SimTask:
+    task_id: str
+    model: str
+    input: dict[str, Any]
+    callback_url: str | None
+    file_url: str
+    created: float
+    created_wall: datetime
+    queue_seconds: float
+    run_seconds: float
+    fails: bool
+    callbacks_sent: int = 0
+
+    @property
+    def job_id(self) -> str | None:
+        match = _JOB_IN_URL.search(self.callback_url or "")
+        return match.group(1) if match else None
+
+    def view(self, now: float) -> dict[str, Any]:
+        elapsed = now - self.created
+        files: list[dict[str, str]] = []
+        error = None
+        if elapsed < self.queue_seconds:
+            status, progress = "not_started", 0
+        elif elapsed < self.queue_seconds + self.run_seconds:
+            status = "running"
+            progress = min(
+                99, int(100 * (elapsed - self.queue_seconds) / max(self.run_seconds, 1e-9))
+            )
+        elif self.fails:
+            status, progress, error = "failed", 100, "simulated generation failure"
+        else:
+            status, progress = "finished", 100
+            files = [{"file_url": self.file_url, "file_type": "video"}]
+        return {
+            "task_id": self.task_id,
+            "status": status,
+            "progress": progress,
+            "files": files,
+            "created_time": self.created_wall.strftime("%Y-%m-%dT%H:%M:%S"),
+            "error_message": error,
+        }
+
+
+@dataclass
+class SimulatorState:
+    faults: Faults
+    api_key: str | None
+    rng: random.Random
+    tasks: dict[str, SimTask] = field(default_factory=dict)
+    injected: Counter[str] = field(default_factory=Counter)
+    deliveries: Counter[str] = field(default_factory=Counter)
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+    http: httpx.AsyncClient | None = None
+
+    def roll(self, rate: float, name: str) -> bool:
+        hit = rate > 0 and self.rng.random() < rate
+        if hit:
+            self.injected[name] += 1
+        return hit
+
+    def client(self) -> httpx.AsyncClient:
+        if self.http is None:
+            self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        return self.http
+
+    async def aclose(self) -> None:
+        for task in list(self.pending):
+            task.cancel()
+        for task in list(self.pending):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+
+def _poyo_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"code": status, "error": {"message": message, "type": kind}}, status)
+
+
+class _Reset(Response):
+    """Announces a body it never sends: the client sees the connection break mid-answer."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"code": 200, "da', "more_body": False})
+
+
+async def _fault_response(state: SimulatorState, endpoint: str) -> Response | None:
+    faults = state.faults
+    if state.roll(faults.slow_rate, f"{endpoint}.slow"):
+        await asyncio.sleep(faults.slow_seconds)
+    if state.roll(faults.rate_limit_rate, f"{endpoint}.rate_limited"):
+        response = _poyo_error(429, "rate limit exceeded", "rate_limit_error")
+        response.headers["Retry-After"] = str(faults.retry_after_seconds)
+        return response
+    error_rate = faults.submit_error_rate if endpoint == "submit" else faults.status_error_rate
+    if state.roll(error_rate, f"{endpoint}.server_error"):
+        return _poyo_error(500, "internal error (simulated)", "server_error")
+    if state.roll(faults.reset_rate, f"{endpoint}.reset"):
+        return _Reset()
+    if state.roll(faults.garbage_rate, f"{endpoint}.garbage"):
+        return Response(b"<html>502 Bad Gateway</html>", 200, media_type="text/html")
+    return None
+
+
+def _authorized(state: SimulatorState, request: Request) -> bool:
+    if not state.api_key:
+        return True
+    expected = f"Bearer {state.api_key}".encode()
+    given = request.headers.get("authorization", "").encode()
+    return secrets.compare_digest(expected, given)
+
+
+async def _deliver(state: SimulatorState, task: SimTask) -> None:
+    """Wait for the task to end, then POST its callback (or not, or twice, or out of order)."""
+    faults = state.faults
+    loop = asyncio.get_running_loop()
+    ends_at = task.created + task.queue_seconds + task.run_seconds + faults.callback_delay_seconds
+    await asyncio.sleep(max(0.0, ends_at - loop.time()))
+    if state.roll(faults.drop_callback_rate, "callback.dropped"):
+        return
+    final = task.view(loop.time())
+    copies = 2 if state.roll(faults.duplicate_callback_rate, "callback.duplicated") else 1
+    for _ in range(copies):
+        await _post_callback(state, task, final)
+    if state.roll(faults.reorder_callback_rate, "callback.reordered"):
+        stale = {**final, "status": "running", "progress": 50, "files": []}
+        await _post_callback(state, task, stale)
+
+
+async def _post_callback(state: SimulatorState, task: SimTask, view: dict[str, Any]) -> None:
+    assert task.callback_url is not None
+    body = view if state.faults.flat_callbacks else {"code": 200, "msg": "success", "data": view}
+    headers = {"Content-Type": "application/json"}
+    if state.faults.webhook_secret:
+        timestamp = str(int(time.time()))
+        headers["X-Webhook-Timestamp"] = timestamp
+        headers["X-Webhook-Signature"] = webhook_signature(
+            state.faults.webhook_secret, task.task_id, timestamp
+        )
+    for attempt in range(3):
+        try:
+            response = await state.client().post(
+                task.callback_url, content=orjson.dumps(body), headers=headers
+            )
+        except httpx.HTTPError:
+            state.deliveries["error"] += 1
+        else:
+            state.deliveries[str(response.status_code)] += 1
+            task.callbacks_sent += 1
+            if response.status_code < 500:
+                return
+        await asyncio.sleep(0.5 * 2**attempt)
+
+
+def create_simulator(
+    faults: Faults | None = None, *, api_key: str | None = None, public_url: str | None = None
+) -> FastAPI:
+    """The simulator as an ASGI app; mount it or serve it alone (`poyo-relay sandbox`)."""
+    initial = faults or Faults()
+    state = SimulatorState(faults=initial, api_key=api_key, rng=random.Random(initial.seed))  # noqa: S311
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.aclose()
+
+    app = FastAPI(title="PoYo simulator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.simulator = state
+
+    def file_url(request: Request, task_id: str) -> str:
+        name = f"{task_id}.mp4"
+        if public_url:
+            return f"{public_url.rstrip('/')}/files/{name}"
+        return str(request.url_for("files", name=name))
+
+    @app.post("/api/generate/submit")
+    async def submit(request: Request) -> Response:
+        if not _authorized(state, request):
+            return _poyo_error(401, "invalid API key", "authentication_error")
+        fault = await _fault_response(state, "submit")
+        if fault is not None:
+            return fault
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _poyo_error(400, "body is not JSON")
+        if not isinstance(body, dict) or body.get("model") not in KNOWN_MODELS:
+            return _poyo_error(400, "unknown or missing model")
+        task_input = body.get("input")
+        if not isinstance(task_input, dict) or not isinstance(task_input.get("prompt"), str):
+            return _poyo_error(400, "input.prompt is required")
+        if "[reject]" in task_input["prompt"]:
+            return _poyo_error(400, "prompt rejected by content policy (simulated)")
+        callback_url = body.get("callback_url")
+        loop = asyncio.get_running_loop()
+        task_id = f"task-unified-{int(time.time())}-{secrets.token_hex(6)}"
+        task = SimTask(
+            task_id=task_id,
+            model=body["model"],
+            input=task_input,
+            callback_url=callback_url if isinstance(callback_url, str) else None,
+            file_url=file_url(request, task_id),
+            created=loop.time(),
+            created_wall=datetime.now(UTC),
+            queue_seconds=state.faults.queue_seconds,
+            run_seconds=state.faults.run_seconds,
+            fails="[fail]" in task_input["prompt"]
+            or state.roll(state.faults.fail_rate, "task.failed"),
+        )
+        state.tasks[task.task_id] = task
+        if task.callback_url:
+            delivery = asyncio.create_task(_deliver(state, task))
+            state.pending.add(delivery)
+            delivery.add_done_callback(state.pending.discard)
+        view = task.view(loop.time())
+        return JSONResponse(
+            {"code": 200, "data": {k: view[k] for k in ("task_id", "status", "created_time")}}
+        )
+
+    @app.get("/api/generate/status/{task_id}")
+    async def status(task_id: str, request: Request) -> Response:
+        if not _authorized(state, request):
+            return _poyo_error(401, "invalid API key", "authentication_error")
+        fault = await _fault_response(state, "status")
+        if fault is not None:
+            return fault
+        task = state.tasks.get(task_id)
+        if task is None:
+            return _poyo_error(404, "task not found", "not_found_error")
+        return JSONResponse({"code": 200, "data": task.view(asyncio.get_running_loop().time())})
+
+    @app.get("/files/{name}")
+    async def files(name: str) -> Response:
+        if not name.endswith(".mp4") or name.removesuffix(".mp4") not in state.tasks:
+            return _poyo_error(404, "file not found", "not_found_error")
+        return FileResponse(SAMPLE_VIDEO, media_type="video/mp4")
+
+    @app.patch("/_sandbox/faults")
+    async def set_faults(changes: Faults) -> Faults:
+        """Change the given knobs; the others keep their values."""
+        state.faults = state.faults.model_copy(update=changes.model_dump(exclude_unset=True))
+        if changes.seed is not None:
+            state.rng.seed(changes.seed)
+        return state.faults
+
+    @app.get("/_sandbox/faults")
+    async def get_faults() -> Faults:
+        return state.faults
+
+    @app.get("/_sandbox/stats")
+    async def stats() -> dict[str, Any]:
+        per_job = Counter(task.job_id for task in state.tasks.values() if task.job_id)
+        return {
+            "tasks": len(state.tasks),
+            "jobs": len(per_job),
+            "jobs_with_multiple_tasks": sum(1 for n in per_job.values() if n > 1),
+            "faults_injected": dict(state.injected),
+            "callback_deliveries": dict(state.deliveries),
+            "pending_callbacks": len(state.pending),
+        }
+
+    @app.get("/_sandbox/tasks")
+    async def tasks() -> list[dict[str, Any]]:
+        now = asyncio.get_running_loop().time()
+        return [
+            {
+                **task.view(now),
+                "job_id": task.job_id,
+                "model": task.model,
+                "callbacks_sent": task.callbacks_sent,
+            }
+            for task in state.tasks.values()
+        ]
+
+    @app.post("/_sandbox/reset")
+    async def reset() -> dict[str, bool]:
+        for pending in list(state.pending):
+            pending.cancel()
+        state.tasks.clear()
+        state.injected.clear()
+        state.deliveries.clear()
+        return {"reset": True}
+
+    return app

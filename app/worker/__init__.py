@@ -1,0 +1,1 @@
+"""The background worker: submit, reconcile and expire loops over database leases."""

@@ -1,0 +1,138 @@
+"""The worker's loops: each claims due jobs as leases and hands them to the job service.
+
+- submit: pending jobs (first attempts that failed, crashed API requests, retries);
+- reconcile: queued/running jobs a callback asked to confirm, or silent for too long;
+- expire: queued/running jobs past their deadline (a last status check, then failure).
+
+Claims are leases in the database, taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL and
+by a single atomic UPDATE on SQLite, so any number of workers never hold the same job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import ColumnElement
+
+from app.jobs import repository as repo
+from app.jobs.models import Job
+from app.jobs.states import JobStatus
+from app.metrics import WORKER_ITEMS
+from app.runtime import Runtime
+from app.timeutil import utcnow
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[str, str], Awaitable[None]]
+
+
+class ClaimLoop:
+    """Claim a batch of due jobs, run the handler on each (bounded concurrency), repeat."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        runtime: Runtime,
+        statuses: Sequence[JobStatus],
+        handler: Handler,
+        lease_owner: str,
+        extra: Callable[[], Sequence[ColumnElement[bool]]] = lambda: (),
+    ) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.statuses = tuple(statuses)
+        self.handler = handler
+        self.lease_owner = lease_owner
+        self.extra = extra
+        self._limit = asyncio.Semaphore(runtime.settings.worker_concurrency)
+
+    async def claim(self) -> list[str]:
+        settings = self.runtime.settings
+        now = utcnow()
+        async with self.runtime.db.write() as session:
+            return await repo.claim_due(
+                session,
+                statuses=self.statuses,
+                now=now,
+                lease_owner=self.lease_owner,
+                lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
+                limit=settings.worker_batch_size,
+                skip_locked=not self.runtime.db.is_sqlite,
+                extra=self.extra(),
+            )
+
+    async def run_once(self) -> int:
+        """One pass: how many jobs were handled."""
+        job_ids = await self.claim()
+        if job_ids:
+            await asyncio.gather(*(self._handle(job_id) for job_id in job_ids))
+        return len(job_ids)
+
+    async def _handle(self, job_id: str) -> None:
+        async with self._limit:
+            structlog.contextvars.bind_contextvars(job_id=job_id, loop=self.name)
+            try:
+                await self.handler(job_id, self.lease_owner)
+                WORKER_ITEMS.labels(self.name, "ok").inc()
+            except asyncio.CancelledError:
+                WORKER_ITEMS.labels(self.name, "cancelled").inc()
+                await asyncio.shield(self._release(job_id))
+                raise
+            except Exception as exc:
+                # One bad job must not stop the loop; its lease expires and it is retried.
+                WORKER_ITEMS.labels(self.name, "error").inc()
+                log.exception("worker_item_failed", error_type=type(exc).__name__)
+            finally:
+                structlog.contextvars.unbind_contextvars("job_id", "loop")
+
+    async def _release(self, job_id: str) -> None:
+        try:
+            async with self.runtime.db.write() as session:
+                await repo.release_leases(session, lease_owner=self.lease_owner, job_ids=[job_id])
+        except Exception as exc:
+            log.warning("lease_release_failed", job_id=job_id, error_type=type(exc).__name__)
+
+
+def build_loops(runtime: Runtime, lease_owner: str) -> list[ClaimLoop]:
+    jobs = runtime.jobs
+    settings = runtime.settings
+
+    async def submit(job_id: str, owner: str) -> None:
+        await jobs.submit_due(job_id=job_id, lease_owner=owner)
+
+    async def refresh(job_id: str, owner: str) -> None:
+        await jobs.refresh(job_id=job_id, lease_owner=owner)
+
+    def past_deadline() -> Sequence[ColumnElement[bool]]:
+        cutoff = utcnow() - timedelta(seconds=settings.job_deadline_seconds)
+        return (Job.submitted_at <= cutoff,)
+
+    in_flight = (JobStatus.QUEUED, JobStatus.RUNNING)
+    return [
+        ClaimLoop(
+            name="expire",
+            runtime=runtime,
+            statuses=in_flight,
+            handler=refresh,
+            lease_owner=lease_owner,
+            extra=past_deadline,
+        ),
+        ClaimLoop(
+            name="submit",
+            runtime=runtime,
+            statuses=(JobStatus.PENDING,),
+            handler=submit,
+            lease_owner=lease_owner,
+        ),
+        ClaimLoop(
+            name="reconcile",
+            runtime=runtime,
+            statuses=in_flight,
+            handler=refresh,
+            lease_owner=lease_owner,
+        ),
+    ]

@@ -1,0 +1,95 @@
+"""Runs the worker loops until told to stop, then stops claiming and drains or releases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from app.jobs import repository as repo
+from app.jobs.states import JobStatus
+from app.metrics import WORKER_LOOP_LAG, WORKER_QUEUE_DEPTH
+from app.runtime import Runtime
+from app.timeutil import utcnow
+from app.worker.loops import ClaimLoop, build_loops
+
+log = structlog.get_logger(__name__)
+
+GAUGE_INTERVAL_SECONDS = 5.0
+ERROR_PAUSE_SECONDS = 1.0
+_QUEUES = {
+    "pending": (JobStatus.PENDING,),
+    "awaiting_reconcile": (JobStatus.QUEUED, JobStatus.RUNNING),
+}
+
+
+class Worker:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.lease_owner = f"worker:{runtime.instance}"
+        self.loops: list[ClaimLoop] = build_loops(runtime, self.lease_owner)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._gauges_at = 0.0
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name="poyo-relay-worker")
+        return self._task
+
+    async def run(self) -> None:
+        log.info("worker_started", lease_owner=self.lease_owner)
+        while not self._stopping.is_set():
+            busy = await self.run_once()
+            await self._update_gauges()
+            if not busy and not self._stopping.is_set():
+                await self.runtime.wakeup.wait(self.runtime.settings.worker_poll_seconds)
+        log.info("worker_stopped", lease_owner=self.lease_owner)
+
+    async def run_once(self) -> bool:
+        """One pass over every loop; True when a loop filled a whole batch (more is waiting)."""
+        busy = False
+        for loop in self.loops:
+            if self._stopping.is_set():
+                break
+            try:
+                handled = await loop.run_once()
+            except Exception as exc:
+                log.exception("worker_loop_failed", loop=loop.name, error_type=type(exc).__name__)
+                await asyncio.sleep(ERROR_PAUSE_SECONDS)
+                continue
+            busy |= handled >= self.runtime.settings.worker_batch_size
+        return busy
+
+    async def stop(self, grace_seconds: float = 8.0) -> None:
+        """Stop claiming; let in-flight jobs finish for a while, then release their leases."""
+        self._stopping.set()
+        self.runtime.wakeup.notify()
+        task = self._task
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace_seconds)
+        except TimeoutError:
+            log.warning("worker_stop_timeout", grace_seconds=grace_seconds)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _update_gauges(self) -> None:
+        if time.monotonic() - self._gauges_at < GAUGE_INTERVAL_SECONDS:
+            return
+        self._gauges_at = time.monotonic()
+        now = utcnow()
+        try:
+            async with self.runtime.db.read() as session:
+                for queue, statuses in _QUEUES.items():
+                    WORKER_QUEUE_DEPTH.labels(queue).set(
+                        await repo.count_due(session, statuses=statuses, now=now)
+                    )
+                    oldest = await repo.oldest_due(session, statuses=statuses, now=now)
+                    lag = (now - oldest).total_seconds() if oldest else 0.0
+                    WORKER_LOOP_LAG.labels(queue).set(max(lag, 0.0))
+        except Exception as exc:
+            log.warning("worker_gauges_failed", error_type=type(exc).__name__)
