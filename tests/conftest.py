@@ -103,7 +103,9 @@ SIMULATOR_KEY = "sim-provider-key-0123456789"
 @pytest.fixture
 async def simulator() -> AsyncIterator[Simulator]:
     """The PoYo simulator on a loopback port, fast tasks, requiring a provider key."""
-    app = create_simulator(Faults(queue_seconds=0.05, run_seconds=0.1, seed=7), api_key=SIMULATOR_KEY)
+    app = create_simulator(
+        Faults(queue_seconds=0.05, run_seconds=0.1, seed=7), api_key=SIMULATOR_KEY
+    )
     server = await LiveServer().start(app)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         yield Simulator(server=server, state=app.state.simulator, http=http)
@@ -130,9 +132,7 @@ ServiceFactory = Callable[..., Awaitable[Service]]
 
 
 @pytest.fixture
-async def start_service(
-    database_url: str, simulator: Simulator
-) -> AsyncIterator[ServiceFactory]:
+async def start_service(database_url: str, simulator: Simulator) -> AsyncIterator[ServiceFactory]:
     """Start the real service on a loopback port, talking to the simulator over HTTP."""
     started: list[tuple[LiveServer, httpx.AsyncClient]] = []
 

@@ -85,7 +85,7 @@ async def truncate_all(database_url: str) -> None:
                 await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
             else:
                 for table in TABLES:
-                    await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+                    await conn.execute(text(f"DELETE FROM {table}"))
     finally:
         await engine.dispose()
 
@@ -208,6 +208,9 @@ async def http_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 IMAGE_JOB = {
     "model": "wan2.5-image-to-video",
-    "input": {"prompt": "a red fox running through snow", "image_urls": ["https://example.com/fox.jpg"]},
+    "input": {
+        "prompt": "a red fox running through snow",
+        "image_urls": ["https://example.com/fox.jpg"],
+    },
 }
 TEXT_JOB = {"model": "wan2.5-text-to-video", "input": {"prompt": "a lighthouse at dusk"}}
