@@ -1,0 +1,1 @@
+"""The PoYo provider: HTTP client and wire format."""
