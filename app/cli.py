@@ -84,7 +84,7 @@ def serve(
         workers=workers,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=8,
+        timeout_graceful_shutdown=5,
         log_level=settings.log_level.lower(),
     )
 

@@ -7,19 +7,21 @@ only that answer moves the job (jobs.service.JobService.apply).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.callbacks.credentials import CallbackCredentials, verify_webhook_signature
 from app.db import Database
-from app.jobs import repository as repo
-from app.jobs.models import Job
+from app.jobs.models import Job, JobEvent
 from app.jobs.states import ACTIVE, JobStatus, ProviderStatus, from_provider, provider_rank
 from app.metrics import CALLBACKS
 from app.provider.schemas import unwrap
@@ -93,33 +95,34 @@ class CallbackService:
         webhook_tolerance: int,
         on_received: Callable[[], None],
     ) -> None:
-        self.db = db
         self.credentials = credentials
         self.webhook_secret = webhook_secret
         self.webhook_tolerance = webhook_tolerance
         self.on_received = on_received
+        self.writer = CallbackWriter(db)
 
     async def ingest(
         self, *, job_id: str, token: str, body: bytes, headers: Mapping[str, str]
     ) -> CallbackResult:
         """Authenticate and store one callback; the answer to give the provider."""
+        structlog.contextvars.bind_contextvars(job_id=job_id)
         if not self.credentials.verify(job_id, token):
             result = CallbackResult(401, "rejected_credential", "invalid callback credential")
         else:
-            try:
-                result = await self._ingest(job_id, body, headers)
-            except _Rejected as rejected:
-                result = rejected.result
+            result = await self.writer.write(self._prepare(job_id, body, headers))
         CALLBACKS.labels(result.outcome).inc()
-        log.info("callback", job_id=job_id, outcome=result.outcome, http_status=result.http_status)
+        structlog.contextvars.bind_contextvars(callback_outcome=result.outcome)
+        if result.outcome == "received":
+            self.on_received()
         return result
 
-    async def _ingest(self, job_id: str, body: bytes, headers: Mapping[str, str]) -> CallbackResult:
+    def _prepare(self, job_id: str, body: bytes, headers: Mapping[str, str]) -> _Item:
+        """Everything that needs no database: parsing and the signature."""
         try:
             claim = _parse(body)
         except _Rejected as rejected:
-            await self._record_rejection(job_id, body, rejected.result)
-            raise
+            return _Item(job_id, body, None, rejected.result, signed=False)
+        structlog.contextvars.bind_contextvars(task_id=claim.task_id)
         signed = bool(self.webhook_secret)
         if signed:
             problem = verify_webhook_signature(
@@ -131,80 +134,147 @@ class CallbackService:
                 tolerance=self.webhook_tolerance,
             )
             if problem is not None:
-                result = CallbackResult(401, "rejected_signature", f"invalid signature: {problem}")
-                await self._record_rejection(job_id, body, result, task_id=claim.task_id)
-                return result
-        return await self._store(job_id, body, claim, signed)
-
-    async def _store(self, job_id: str, body: bytes, claim: _Claim, signed: bool) -> CallbackResult:
-        now = utcnow()
-        async with self.db.write_connection() as conn:
-            row = (
-                await conn.execute(
-                    select(Job.status, Job.provider_task_id, Job.callback_status).where(
-                        Job.id == job_id
-                    )
+                rejection = CallbackResult(
+                    401, "rejected_signature", f"invalid signature: {problem}"
                 )
-            ).one_or_none()
-            if row is None:
-                return CallbackResult(404, "unknown_job", "no such job")
-            status, recorded_task, seen = row
-            data: dict[str, Any] = {
-                "task_id": claim.task_id,
-                "status": claim.status.value if claim.status else None,
-                "signed": signed,
-                "raw": body.decode("utf-8", errors="replace"),
-            }
-            if recorded_task is not None and recorded_task != claim.task_id:
-                data["reason"] = "names another task"
-                await repo.add_event(
-                    conn, job_id=job_id, type="callback.rejected", data=data, now=now
-                )
-                return CallbackResult(400, "rejected_task", "callback names another task")
-            verdict = _classify(status, seen, claim)
-            if verdict is None and not await self._request_check(conn, job_id, claim, now):
-                verdict = ("callback.duplicate", "a concurrent callback was received first")
-            if verdict is not None:
-                event_type, data["reason"] = verdict
-            else:
-                event_type = "callback.received"
-            await repo.add_event(conn, job_id=job_id, type=event_type, data=data, now=now)
-        if verdict is not None:
-            outcome = event_type.removeprefix("callback.")
-            return CallbackResult(200, outcome, data["reason"])
-        self.on_received()
-        return CallbackResult(200, "received", "stored; the status will be confirmed")
+                return _Item(job_id, body, claim, rejection, signed=True)
+        return _Item(job_id, body, claim, None, signed=signed)
 
-    async def _request_check(self, conn: Any, job_id: str, claim: _Claim, now: Any) -> bool:
-        """Compare-and-set the furthest claimed status; make the job due for confirmation."""
-        conditions = [Job.id == job_id, Job.status.in_([s.value for s in ACTIVE])]
-        values: dict[str, Any] = {"next_check_at": now}
-        if claim.status is not None:
-            lower = [
-                s.value for s in ProviderStatus if provider_rank(s) < provider_rank(claim.status)
-            ]
-            conditions.append(or_(Job.callback_status.is_(None), Job.callback_status.in_(lower)))
-            values["callback_status"] = claim.status.value
-        result = await conn.execute(update(Job).where(*conditions).values(**values))
-        return bool(result.rowcount == 1)
 
-    async def _record_rejection(
-        self, job_id: str, body: bytes, result: CallbackResult, *, task_id: str | None = None
-    ) -> None:
-        """Rejections of an authenticated URL are evidence: keep them on the job's trail."""
+@dataclass
+class _Item:
+    job_id: str
+    body: bytes
+    claim: _Claim | None
+    # Set when the callback is refused; it is still kept on the job's trail as evidence.
+    rejection: CallbackResult | None
+    signed: bool
+    future: asyncio.Future[CallbackResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+_UNKNOWN_JOB = CallbackResult(404, "unknown_job", "no such job")
+_RECEIVED = CallbackResult(200, "received", "stored; the status will be confirmed")
+MAX_BATCH = 256
+
+
+class CallbackWriter:
+    """Group commit: callbacks that arrive while a transaction is being written share the
+    next one. No callback waits for a timer, and none is answered before its commit."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: list[_Item] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, item: _Item) -> CallbackResult:
+        self._queue.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._drain())
+        return await item.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                await self._write(batch)
+            except Exception:
+                # Write one by one, so that one bad callback cannot fail its neighbours.
+                for item in batch:
+                    await self._write_alone(item)
+
+    async def _write_alone(self, item: _Item) -> None:
+        try:
+            await self._write([item])
+        except Exception as exc:
+            log.exception("callback_store_failed", job_id=item.job_id)
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    async def _write(self, batch: list[_Item]) -> None:
         now = utcnow()
+        job_ids = sorted({item.job_id for item in batch})
         async with self.db.write_connection() as conn:
-            exists = (await conn.execute(select(Job.id).where(Job.id == job_id))).scalar()
-            if exists is None:
-                raise _Rejected(CallbackResult(404, "unknown_job", "no such job"))
-            await repo.add_event(
-                conn,
-                job_id=job_id,
-                type="callback.rejected",
-                data={
-                    "reason": result.message,
-                    "task_id": task_id,
-                    "raw": body[:65_536].decode("utf-8", errors="replace"),
-                },
-                now=now,
+            query = (
+                select(Job.id, Job.status, Job.provider_task_id, Job.callback_status)
+                .where(Job.id.in_(job_ids))
+                .order_by(Job.id)
             )
+            if not self.db.is_sqlite:
+                query = query.with_for_update()  # concurrent batches queue, in id order
+            jobs = {row.id: _JobState(*row[1:]) for row in await conn.execute(query)}
+            plan = _Plan(now)
+            results = [plan.add(item, jobs.get(item.job_id)) for item in batch]
+            await plan.execute(conn)
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+@dataclass
+class _JobState:
+    status: str
+    task_id: str | None
+    seen: str | None
+
+
+class _Plan:
+    """What one batch writes: events for every callback, and at most one update per job."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.events: list[dict[str, Any]] = []
+        self.due: dict[str, str | None] = {}
+
+    def add(self, item: _Item, job: _JobState | None) -> CallbackResult:
+        if job is None:
+            return _UNKNOWN_JOB
+        claim = item.claim
+        data: dict[str, Any] = {
+            "task_id": claim.task_id if claim else None,
+            "status": claim.status.value if claim and claim.status else None,
+            "signed": item.signed,
+            "raw": item.body.decode("utf-8", errors="replace"),
+        }
+        if (
+            item.rejection is None
+            and claim is not None
+            and job.task_id not in (None, claim.task_id)
+        ):
+            item.rejection = CallbackResult(400, "rejected_task", "callback names another task")
+        if item.rejection is not None:
+            data["reason"] = item.rejection.message
+            self._event(item.job_id, "callback.rejected", data)
+            return item.rejection
+        assert claim is not None
+        verdict = _classify(job.status, job.seen, claim)
+        if verdict is not None:
+            event_type, data["reason"] = verdict
+            self._event(item.job_id, event_type, data)
+            return CallbackResult(200, event_type.removeprefix("callback."), data["reason"])
+        if claim.status is not None:
+            job.seen = claim.status.value  # later callbacks in this batch compare against it
+        self.due[item.job_id] = job.seen
+        self._event(item.job_id, "callback.received", data)
+        return _RECEIVED
+
+    def _event(self, job_id: str, type: str, data: dict[str, Any]) -> None:
+        self.events.append({"job_id": job_id, "type": type, "data": data, "created_at": self.now})
+
+    async def execute(self, conn: AsyncConnection) -> None:
+        if self.due:
+            await conn.execute(
+                update(Job)
+                .where(Job.id == bindparam("b_id"), Job.status.in_(_ACTIVE))
+                .values(callback_status=bindparam("b_seen"), next_check_at=bindparam("b_due")),
+                [
+                    {"b_id": job_id, "b_seen": seen, "b_due": self.now}
+                    for job_id, seen in self.due.items()
+                ],
+            )
+        if self.events:
+            await conn.execute(insert(JobEvent), self.events)
+
+
+_ACTIVE = [status.value for status in ACTIVE]

@@ -422,10 +422,7 @@ class JobService:
         """Apply a confirmed provider status through the forward-only state machine."""
         now = utcnow()
         current = JobStatus(job.status)
-        target = from_provider(status.status)
-        outputs = status.outputs()
-        if target is JobStatus.SUCCEEDED and not outputs:
-            target = JobStatus.RUNNING  # finished without files yet: look again later
+        target, values = self._confirmed(job, status, now)
         async with self.db.write() as session:
             await repo.add_event(
                 session,
@@ -438,17 +435,7 @@ class JobService:
                 },
                 now=now,
             )
-            values: dict[str, Any] = {
-                "provider_status": status.status.value,
-                "poll_attempts": 0,
-                "updated_at": now,
-            }
             if job.provider_task_id is None:
-                values |= {
-                    "provider_task_id": status.task_id,
-                    "submitted_at": now,
-                    "submit_started_at": None,
-                }
                 await repo.add_event(
                     session,
                     job_id=job.id,
@@ -456,18 +443,9 @@ class JobService:
                     data={"task_id": status.task_id},
                     now=now,
                 )
-            if status.progress is not None:
-                values["progress"] = max(job.progress or 0, status.progress)
-            if target is JobStatus.SUCCEEDED:
-                values |= {"outputs": outputs, "progress": 100}
-            if target is JobStatus.FAILED:
-                values["error"] = {
-                    "code": "provider_failed",
-                    "message": (status.error_message or "the provider reported a failure")[:500],
-                }
-            moved = False
-            if can_transition(current, target):
-                moved = await self._move(session, job, current, target, values, now, lease_owner)
+            moved = can_transition(current, target) and await self._move(
+                session, job, current, target, values, now, lease_owner
+            )
             if not moved and deadline_passed:
                 error = {
                     "code": "deadline_exceeded",
@@ -480,6 +458,37 @@ class JobService:
                     session, job, lease_owner, now, values, self._next_reconcile(now, submitted)
                 )
 
+    @staticmethod
+    def _confirmed(job: Job, status: TaskStatus, now: datetime) -> tuple[JobStatus, dict[str, Any]]:
+        """The status a confirmed provider answer leads to, and the columns it sets."""
+        target = from_provider(status.status)
+        outputs = status.outputs()
+        if target is JobStatus.SUCCEEDED and not outputs:
+            target = JobStatus.RUNNING  # finished without files yet: look again later
+        values: dict[str, Any] = {"poll_attempts": 0}
+        if job.provider_task_id is None:
+            # A task a callback named, now confirmed by the provider: it is this job's.
+            values |= {
+                "provider_task_id": status.task_id,
+                "submitted_at": now,
+                "submit_started_at": None,
+            }
+        if can_transition(target, JobStatus(job.status)):
+            return target, values  # a stale answer: it must not wind anything back
+        visible: dict[str, Any] = {"provider_status": status.status.value}
+        if status.progress is not None and status.progress > (job.progress or 0):
+            visible["progress"] = status.progress
+        if target is JobStatus.SUCCEEDED:
+            visible |= {"outputs": outputs, "progress": 100}
+        if target is JobStatus.FAILED:
+            visible["error"] = {
+                "code": "provider_failed",
+                "message": (status.error_message or "the provider reported a failure")[:500],
+            }
+        if any(getattr(job, key) != value for key, value in visible.items()):
+            visible["updated_at"] = now
+        return target, values | visible
+
     async def _move(
         self,
         session: Any,
@@ -490,7 +499,7 @@ class JobService:
         now: datetime,
         lease_owner: str,
     ) -> bool:
-        values = dict(values)
+        values = dict(values) | {"updated_at": now}
         if is_terminal(target):
             values |= {"completed_at": now, "next_check_at": None}
         else:

@@ -19,10 +19,11 @@ log = structlog.get_logger(__name__)
 
 GAUGE_INTERVAL_SECONDS = 5.0
 ERROR_PAUSE_SECONDS = 1.0
-_QUEUES = {
-    "pending": (JobStatus.PENDING,),
-    "awaiting_reconcile": (JobStatus.QUEUED, JobStatus.RUNNING),
-}
+# queue name (depth gauge), loop name (lag gauge), the statuses that loop works on
+_QUEUES = (
+    ("pending", "submit", (JobStatus.PENDING,)),
+    ("awaiting_reconcile", "reconcile", (JobStatus.QUEUED, JobStatus.RUNNING)),
+)
 
 
 class Worker:
@@ -62,7 +63,7 @@ class Worker:
             busy |= handled >= self.runtime.settings.worker_batch_size
         return busy
 
-    async def stop(self, grace_seconds: float = 8.0) -> None:
+    async def stop(self, grace_seconds: float = 3.0) -> None:
         """Stop claiming; let in-flight jobs finish for a while, then release their leases."""
         self._stopping.set()
         self.runtime.wakeup.notify()
@@ -84,12 +85,12 @@ class Worker:
         now = utcnow()
         try:
             async with self.runtime.db.read() as session:
-                for queue, statuses in _QUEUES.items():
+                for queue, loop, statuses in _QUEUES:
                     WORKER_QUEUE_DEPTH.labels(queue).set(
                         await repo.count_due(session, statuses=statuses, now=now)
                     )
                     oldest = await repo.oldest_due(session, statuses=statuses, now=now)
                     lag = (now - oldest).total_seconds() if oldest else 0.0
-                    WORKER_LOOP_LAG.labels(queue).set(max(lag, 0.0))
+                    WORKER_LOOP_LAG.labels(loop).set(max(lag, 0.0))
         except Exception as exc:
             log.warning("worker_gauges_failed", error_type=type(exc).__name__)
