@@ -71,12 +71,27 @@ class Settings(BaseSettings):
     # --- sandbox (the built-in PoYo simulator, used when POYO_API_KEY is empty) --------
     sandbox_queue_seconds: float = Field(default=0.5, ge=0, le=3600)
     sandbox_run_seconds: float = Field(default=2.0, ge=0, le=3600)
+    # Where the simulator lives in sandbox mode (e.g. its own container). Empty: the one
+    # mounted inside the API. Ignored once POYO_API_KEY is set, so that setting the key
+    # alone switches to the real PoYo.
+    sandbox_url: str = ""
+
+    # --- command line client (`poyo-relay submit`, `poyo-relay jobs`) ------------------
+    # The API key the CLI sends; the service itself never reads it.
+    poyo_relay_api_key: SecretStr = SecretStr("")
 
     @field_validator("public_base_url", "poyo_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("sandbox_url")
+    @classmethod
+    def _optional_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
         return value.rstrip("/")
 
     @field_validator("database_url")
@@ -95,7 +110,10 @@ class Settings(BaseSettings):
 
     @property
     def provider_base_url(self) -> str:
-        """Where provider requests go; in sandbox mode the simulator mounted in this app."""
+        """Where provider requests go; in sandbox mode the simulator (SANDBOX_URL, or the
+        one mounted in this app)."""
+        if self.sandbox_mode and self.sandbox_url:
+            return self.sandbox_url
         if self.sandbox_mode and self.poyo_base_url == DEFAULT_POYO_BASE_URL:
             return self.public_base_url + SANDBOX_MOUNT_PATH
         return self.poyo_base_url
