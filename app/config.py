@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     # waits this long for the provider's callback before it is submitted again.
     uncertain_submit_grace_seconds: float = Field(default=300, ge=0)
 
+    # --- client webhooks (a job's webhook_url hears when it ends) ---------------------------
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
+    # Off: webhooks to loopback, private or link-local addresses are refused (SSRF).
+    webhook_allow_private: bool = False
+
     # --- provider HTTP -----------------------------------------------------------------
     provider_connect_timeout_seconds: float = Field(default=5, gt=0, le=120)
     provider_timeout_seconds: float = Field(default=30, gt=0, le=600)

@@ -22,6 +22,7 @@ from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, create_simulator
+from app.webhooks.router import router as webhooks_router
 from app.worker.runner import Worker
 
 log = structlog.get_logger(__name__)
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (jobs_router, models_router, callbacks_router, ops_router):
+    for router in (jobs_router, models_router, webhooks_router, callbacks_router, ops_router):
         app.include_router(router)
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)

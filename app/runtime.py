@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db import Database
 from app.jobs.service import JobService
 from app.provider.client import PoyoClient
+from app.webhooks.service import WebhookSender
 
 
 class Wakeup:
@@ -46,6 +47,7 @@ class Runtime:
     credentials: CallbackCredentials
     jobs: JobService
     callbacks: CallbackService
+    webhooks: WebhookSender
     wakeup: Wakeup
     instance: str
 
@@ -76,8 +78,10 @@ class Runtime:
             webhook_tolerance=settings.webhook_tolerance_seconds,
             on_received=wakeup.notify,
         )
-        return cls(settings, db, provider, credentials, jobs, callbacks, wakeup, instance)
+        webhooks = WebhookSender(settings=settings, db=db, credentials=credentials)
+        return cls(settings, db, provider, credentials, jobs, callbacks, webhooks, wakeup, instance)
 
     async def close(self) -> None:
         await self.provider.aclose()
+        await self.webhooks.aclose()
         await self.db.dispose()

@@ -1,7 +1,8 @@
 """Per-job callback credentials and the provider's optional webhook signature.
 
 A job's callback URL carries HMAC-SHA256(server secret, job id): unguessable, checkable
-without a database read, and never stored.
+without a database read, and never stored. The same server secret (CALLBACK_SECRET, or one
+generated and kept in the database) also derives each owner's client-webhook signing key.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ class CallbackCredentials:
         self._secret = secret
         self._base = public_base_url.rstrip("/") + CALLBACK_PATH
 
+    def derive(self, purpose: str, subject: str) -> bytes:
+        """A key for one purpose and subject; the server secret itself is never used bare."""
+        message = f"{purpose}:{subject}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
     def token(self, job_id: str) -> str:
-        digest = hmac.new(self._secret, b"callback:" + job_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        return base64.urlsafe_b64encode(self.derive("callback", job_id)).rstrip(b"=").decode()
 
     def url(self, job_id: str) -> str:
         return f"{self._base}/{job_id}/{self.token(job_id)}"

@@ -501,7 +501,7 @@ class JobService:
     ) -> bool:
         values = dict(values) | {"updated_at": now}
         if is_terminal(target):
-            values |= {"completed_at": now, "next_check_at": None}
+            values |= {"completed_at": now, "next_check_at": self._webhook_due(job, now)}
         else:
             submitted = job.submitted_at or now
             values["next_check_at"] = self._recheck_unless_new_callback(
@@ -535,7 +535,7 @@ class JobService:
                 "error": error,
                 "updated_at": now,
                 "completed_at": now,
-                "next_check_at": None,
+                "next_check_at": self._webhook_due(job, now),
                 "submit_started_at": None,
                 "lease_owner": None,
                 "lease_expires_at": None,
@@ -611,6 +611,11 @@ class JobService:
             )
 
     # ---- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook_due(job: Job, now: datetime) -> datetime | None:
+        """A job that ends owes its webhook_url a delivery; the worker makes it."""
+        return now if job.webhook_url else None
 
     def _deadline(self, submitted_at: datetime) -> datetime:
         return submitted_at + timedelta(seconds=self.settings.job_deadline_seconds)

@@ -2,7 +2,8 @@
 
 - submit: pending jobs (first attempts that failed, crashed API requests, retries);
 - reconcile: queued/running jobs a callback asked to confirm, or silent for too long;
-- expire: queued/running jobs past their deadline (a last status check, then failure).
+- expire: queued/running jobs past their deadline (a last status check, then failure);
+- webhook: ended jobs that owe their webhook_url a delivery.
 
 Claims are leases in the database, taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL and
 by a single atomic UPDATE on SQLite, so any number of workers never hold the same job.
@@ -111,6 +112,9 @@ def build_loops(runtime: Runtime, lease_owner: str) -> list[ClaimLoop]:
         cutoff = utcnow() - timedelta(seconds=settings.job_deadline_seconds)
         return (Job.submitted_at <= cutoff,)
 
+    async def deliver(job_id: str, owner: str) -> None:
+        await runtime.webhooks.deliver(job_id=job_id, lease_owner=owner)
+
     in_flight = (JobStatus.QUEUED, JobStatus.RUNNING)
     return [
         ClaimLoop(
@@ -133,6 +137,13 @@ def build_loops(runtime: Runtime, lease_owner: str) -> list[ClaimLoop]:
             runtime=runtime,
             statuses=in_flight,
             handler=refresh,
+            lease_owner=lease_owner,
+        ),
+        ClaimLoop(
+            name="webhook",
+            runtime=runtime,
+            statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED),
+            handler=deliver,
             lease_owner=lease_owner,
         ),
     ]

@@ -1,0 +1,1 @@
+"""Client webhooks: tell a job's `webhook_url` when the job ends (Standard Webhooks)."""

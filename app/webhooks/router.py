@@ -1,0 +1,29 @@
+"""`GET /v1/webhook_secret`: the caller's key for verifying our webhooks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.deps import CallerDep, RuntimeDep
+from app.errors import error_responses
+from app.webhooks.signing import owner_secret
+
+router = APIRouter(prefix="/v1/webhook_secret", tags=["webhooks"])
+
+
+class WebhookSecret(BaseModel):
+    object: Literal["webhook_secret"] = "webhook_secret"
+    secret: str
+
+
+@router.get(
+    "",
+    response_model=WebhookSecret,
+    summary="The signing secret of your webhooks (Standard Webhooks, `whsec_…`)",
+    responses=error_responses(401),
+)
+async def get_webhook_secret(runtime: RuntimeDep, caller: CallerDep) -> WebhookSecret:
+    return WebhookSecret(secret=owner_secret(runtime.credentials, caller.owner))
