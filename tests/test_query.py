@@ -1,0 +1,330 @@
+"""`GET /v1/jobs` (newest first, filters, limits, cursor pagination) and a job's events.
+
+Jobs are created through the API against a stand-in provider that answers according to
+a marker in the prompt, so a few dozen jobs land in every status; expectations are
+computed from what the API answered at creation, never written down in advance.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from starlette.responses import Response
+
+from app.jobs.states import JobStatus, can_transition
+from tests.conftest import Service, ServiceFactory, Simulator
+from tests.stand_in import Call, ProviderStandIn, poyo_error, serve_stand_in
+from tests.support import IMAGE_JOB, TEXT_JOB, eventually
+
+STATUSES = ["pending", "queued", "running", "succeeded", "failed"]
+DOCUMENTED_EVENTS = {
+    "job.created",
+    "provider.submitted",
+    "callback.received",
+    "callback.duplicate",
+    "provider.polled",
+    "job.status_changed",
+}
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[ProviderStandIn]:
+    async with serve_stand_in() as stand_in:
+
+        async def by_prompt(call: Call) -> Response:
+            prompt = call.json()["input"]["prompt"]
+            if "[reject]" in prompt:
+                return poyo_error(400, "prompt rejected by content policy")
+            if "[garbage]" in prompt:  # an unreadable answer: the job stays pending
+                return Response(b"<html>502</html>", 200, media_type="text/html")
+            if "[running]" in prompt:
+                return stand_in.accept(call, status="running")
+            return stand_in.accept(call)
+
+        stand_in.submit_hook = by_prompt
+        yield stand_in
+
+
+@pytest.fixture
+async def relay(start_service: ServiceFactory, provider: ProviderStandIn) -> Service:
+    return await start_service(poyo_base_url=provider.url, poyo_api_key=provider.api_key)
+
+
+MARKERS = ["", "[reject]", "[running]", "", "[garbage]", ""]
+
+
+async def create_jobs(relay: Service, count: int, offset: int = 0) -> list[dict[str, Any]]:
+    """`count` jobs, one at a time, alternating models and provider outcomes."""
+    jobs = []
+    for n in range(offset, offset + count):
+        template = IMAGE_JOB if n % 2 == 0 else TEXT_JOB
+        body = {
+            "model": template["model"],
+            "input": {**template["input"], "prompt": f"job {n} {MARKERS[n % len(MARKERS)]}"},
+            "metadata": {"n": str(n)},
+        }
+        response = await relay.client.create_job(body)
+        assert response.status_code == 201, response.text
+        jobs.append(response.json())
+    return jobs
+
+
+async def finish(relay: Service, provider: ProviderStandIn, job: dict[str, Any]) -> dict[str, Any]:
+    """Drive one queued job to succeeded the real way: provider finishes, calls back."""
+    task_id = job["provider"]["task_id"]
+    files = [{"file_url": "https://cdn.example.com/out.mp4", "file_type": "video"}]
+    provider.set_task(task_id, "finished", files=files)
+    url = relay.runtime.credentials.url(job["id"])
+    answer = await relay.client.http.post(url, json={"code": 200, "data": provider.tasks[task_id]})
+    assert answer.status_code == 200, answer.text
+    done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+    return done
+
+
+async def list_ids(relay: Service, **params: Any) -> list[str]:
+    response = await relay.client.get("/v1/jobs", limit=100, **params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list"
+    assert body["next_cursor"] is None, "fewer than 100 jobs fit one page"
+    return [job["id"] for job in body["data"]]
+
+
+def newest_first(jobs: list[dict[str, Any]]) -> list[str]:
+    return [job["id"] for job in reversed(jobs)]
+
+
+def iso(value: str, tz: timezone = UTC) -> str:
+    moment = datetime.fromisoformat(value.removesuffix("Z") + "+00:00")
+    return moment.astimezone(tz).isoformat()
+
+
+async def assert_422(relay: Service, path: str, **params: Any) -> None:
+    response = await relay.client.get(path, **params)
+    assert response.status_code == 422, (params, response.text)
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["type"] == "invalid_request"
+    assert body["error"]["message"]
+
+
+# ---- listing and filters ----------------------------------------------------------------
+
+
+async def test_list_is_newest_first_and_filters_work(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    early = await create_jobs(relay, 12)
+    late = await create_jobs(relay, 12, offset=12)
+    last_queued = [job for job in late if job["status"] == "queued"][-1]
+    succeeded = await finish(relay, provider, last_queued)
+    jobs = [succeeded if job["id"] == succeeded["id"] else job for job in early + late]
+    assert {job["status"] for job in jobs} == set(STATUSES), "every status is represented"
+
+    everything = (await relay.client.get("/v1/jobs", limit=100)).json()
+    assert [job["id"] for job in everything["data"]] == newest_first(jobs)
+    stamps = [job["created_at"] for job in everything["data"]]
+    assert stamps == sorted(stamps, reverse=True)
+    # Listed jobs are the same objects GET /v1/jobs/{id} returns.
+    assert everything["data"][-1] == await relay.client.job(jobs[0]["id"])
+
+    for status in STATUSES:
+        expected = newest_first([job for job in jobs if job["status"] == status])
+        assert await list_ids(relay, status=status) == expected, status
+    for model in ("wan2.5-image-to-video", "wan2.5-text-to-video"):
+        expected = newest_first([job for job in jobs if job["model"] == model])
+        assert await list_ids(relay, model=model) == expected, model
+    expected = newest_first(
+        [j for j in jobs if j["status"] == "queued" and j["model"] == "wan2.5-text-to-video"]
+    )
+    assert await list_ids(relay, status="queued", model="wan2.5-text-to-video") == expected
+    assert await list_ids(relay, model="wan2.5-unknown") == []
+
+    # created_after is inclusive and created_before exclusive, at the boundary job.
+    boundary = late[0]["created_at"]
+    assert await list_ids(relay, created_after=iso(boundary)) == newest_first(late)
+    assert await list_ids(relay, created_before=iso(boundary)) == newest_first(early)
+    assert await list_ids(relay, created_after=boundary) == newest_first(late)
+    # The same instant written in another time zone means the same thing.
+    plus_two = timezone(timedelta(hours=2))
+    assert await list_ids(relay, created_after=iso(boundary, plus_two)) == newest_first(late)
+    window = await list_ids(
+        relay, created_after=iso(early[3]["created_at"]), created_before=iso(late[2]["created_at"])
+    )
+    assert window == newest_first(jobs[3:14])
+    model = "wan2.5-image-to-video"
+    assert await list_ids(relay, created_before=iso(boundary), model=model) == newest_first(
+        [job for job in early if job["model"] == model]
+    )
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert await list_ids(relay, created_after=future) == []
+
+    await assert_422(relay, "/v1/jobs", status="done")
+    await assert_422(relay, "/v1/jobs", status="QUEUED")
+    await assert_422(relay, "/v1/jobs", created_after="yesterday")
+    await assert_422(relay, "/v1/jobs", created_before="2025-13-45T00:00:00Z")
+
+
+async def test_limit_bounds_and_default(relay: Service) -> None:
+    await create_jobs(relay, 23)
+    default = (await relay.client.get("/v1/jobs")).json()
+    assert len(default["data"]) == 20
+    assert default["next_cursor"] is not None
+    one = (await relay.client.get("/v1/jobs", limit=1)).json()
+    assert [job["id"] for job in one["data"]] == [default["data"][0]["id"]]
+    hundred = (await relay.client.get("/v1/jobs", limit=100)).json()
+    assert len(hundred["data"]) == 23
+    assert hundred["next_cursor"] is None
+    exact = (await relay.client.get("/v1/jobs", limit=23)).json()
+    assert len(exact["data"]) == 23
+    if exact["next_cursor"] is not None:  # a cursor to an empty page is allowed, no more
+        rest = (await relay.client.get("/v1/jobs", cursor=exact["next_cursor"])).json()
+        assert rest["data"] == []
+    for bad in (0, 101, -1, "ten", 1.5):
+        await assert_422(relay, "/v1/jobs", limit=bad)
+
+
+async def walk(relay: Service, **params: Any) -> list[list[str]]:
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = dict(params) if cursor is None else {**params, "cursor": cursor}
+        response = await relay.client.get("/v1/jobs", **query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append([job["id"] for job in body["data"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 100, "pagination does not end"
+
+
+async def test_cursor_pagination_visits_every_job_once(relay: Service) -> None:
+    jobs = await create_jobs(relay, 30)
+    pages = await walk(relay, limit=7)
+    assert [len(page) for page in pages[:-1]] == [7] * (len(pages) - 1)
+    seen = [job_id for page in pages for job_id in page]
+    assert seen == newest_first(jobs)
+    assert len(set(seen)) == len(seen) == 30
+
+    queued = newest_first([job for job in jobs if job["status"] == "queued"])
+    pages = await walk(relay, limit=2, status="queued")
+    assert [job_id for page in pages for job_id in page] == queued
+
+    image = [job for job in jobs if job["model"] == "wan2.5-image-to-video"]
+    boundary = iso(jobs[10]["created_at"])
+    pages = await walk(relay, limit=3, model="wan2.5-image-to-video", created_after=boundary)
+    assert [job_id for page in pages for job_id in page] == newest_first(
+        [job for job in image if job["created_at"] >= jobs[10]["created_at"]]
+    )
+
+
+async def test_pagination_is_stable_while_jobs_are_created(relay: Service) -> None:
+    jobs = await create_jobs(relay, 15)
+    first = (await relay.client.get("/v1/jobs", limit=5)).json()
+    newcomers = await create_jobs(relay, 4, offset=100)
+    seen = [job["id"] for job in first["data"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = (await relay.client.get("/v1/jobs", limit=5, cursor=cursor)).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+    # New jobs are newer than the cursor: they belong on a fresh first page, not here.
+    assert seen == newest_first(jobs)
+    fresh = await list_ids(relay)
+    assert fresh == newest_first(jobs + newcomers)
+
+
+async def test_invalid_cursor_is_422(relay: Service) -> None:
+    await create_jobs(relay, 3)
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    for cursor in (
+        "garbage!!",
+        "",
+        "%%%",
+        b64("job_123"),
+        b64("job_01JCZ3Q9M4B8X2V7K5N0R6T1YW"),  # upper case is not an id we issue
+        b64("42"),
+        b64("' OR 1=1 --"),
+        "A" * 200,
+    ):
+        await assert_422(relay, "/v1/jobs", cursor=cursor)
+
+
+async def test_tenants_only_see_their_own_jobs(relay: Service) -> None:
+    mine = await create_jobs(relay, 3)
+    other = await relay.new_client("tenant-b")
+    theirs = (await other.create_job(TEXT_JOB)).json()
+    assert await list_ids(relay) == newest_first(mine)
+    listed = (await other.get("/v1/jobs")).json()
+    assert [job["id"] for job in listed["data"]] == [theirs["id"]]
+    assert (await other.get(f"/v1/jobs/{mine[0]['id']}")).status_code == 404
+    assert (await other.get(f"/v1/jobs/{mine[0]['id']}/events")).status_code == 404
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+async def test_events_are_the_audit_trail_oldest_first(
+    service: Service, simulator: Simulator
+) -> None:
+    await simulator.set_faults(duplicate_callback_rate=1.0)
+    job = (await service.client.create_job(IMAGE_JOB)).json()
+    await service.client.wait_for_status(job["id"], {"succeeded", "failed"})
+    # The duplicate may land after the job is done: wait until both copies are recorded.
+    events = await eventually(
+        lambda: service.client.events(job["id"]),
+        lambda evs: any(e["type"] == "callback.duplicate" for e in evs),
+    )
+    body = (await service.client.get(f"/v1/jobs/{job['id']}/events")).json()
+    assert body["object"] == "list"
+
+    ids = [int(event["id"].removeprefix("evt_")) for event in events]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    stamps = [event["created_at"] for event in events]
+    assert all(stamp.endswith("Z") for stamp in stamps)
+    assert stamps == sorted(stamps)
+    for event in events:
+        assert set(event) == {"id", "type", "created_at", "data"}
+        assert isinstance(event["data"], dict)
+
+    types = [event["type"] for event in events]
+    assert set(types) <= DOCUMENTED_EVENTS, types
+    assert types[0] == "job.created"
+    assert types[1] == "provider.submitted"
+    assert types.count("callback.received") == 1
+    assert types.count("callback.duplicate") >= 1
+    assert types.index("callback.received") < types.index("provider.polled")
+
+    # The status changes form one forward walk from pending to succeeded.
+    changes = [e["data"] for e in events if e["type"] == "job.status_changed"]
+    assert changes[0]["from"] == "pending"
+    assert changes[-1]["to"] == "succeeded"
+    for before, after in itertools.pairwise(changes):
+        assert before["to"] == after["from"]
+    for change in changes:
+        assert can_transition(JobStatus(change["from"]), JobStatus(change["to"]))
+
+    # Paging through the trail gives the same events in the same order.
+    paged: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} if cursor is None else {"limit": 2, "cursor": cursor}
+        page = (await service.client.get(f"/v1/jobs/{job['id']}/events", **params)).json()
+        paged += page["data"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == events
+    await assert_422(service, f"/v1/jobs/{job['id']}/events", cursor="nonsense")
+    await assert_422(service, f"/v1/jobs/{job['id']}/events", limit=0)
