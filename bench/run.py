@@ -1,0 +1,139 @@
+"""Run the benchmarks of issue 6 and print the machine and a table per benchmark.
+
+    python -m bench.run --size smoke|full [--db postgresql|sqlite|both] [--only ingest,reads,e2e]
+
+Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
+in a list query's plan). Missed performance goals are printed, never fatal: the figures are
+ratios against baselines measured in the same run, on a machine that may be busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench import e2e, ingest, profile, reads
+from bench.common import (
+    BACKENDS,
+    BENCH_DIR,
+    SIZES,
+    BenchFailure,
+    MemorySampler,
+    machine_info,
+    postgres_admin_url,
+    postgres_version,
+    print_machine,
+    print_table,
+    say,
+)
+from bench.loadgen import choose_generator
+
+BENCHMARKS = ("ingest", "reads", "e2e")
+RSS_GOAL_MB = 150.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
+    parser.add_argument("--db", choices=[*BACKENDS, "both"], default="both")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help="comma-separated: ingest,reads,e2e"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers for ingest")
+    parser.add_argument("--concurrency", type=int, default=50, help="ingest concurrency")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy one ingest worker during (a) and (c) and print where the time goes",
+    )
+    parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(args.only) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    args.backends = list(BACKENDS) if args.db == "both" else [args.db]
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    size = SIZES[args.size]
+    started = time.monotonic()
+    info = machine_info(await postgres_version(postgres_admin_url()))
+    print(f"poyo-relay benchmarks, size {size.name}: {', '.join(args.only)} on "
+          f"{', '.join(args.backends)}")  # fmt: skip
+    print_machine(info)
+    results: dict[str, Any] = {"size": size.name, "machine": info, "benchmarks": {}}
+    failures: list[str] = []
+    generator = choose_generator(args.loadgen)
+    if generator == "python" and "ingest" in args.only:
+        say("wrk not found: the asyncio load generator may not saturate the server")
+    if args.profile and not profile.available():
+        say("py-spy not found (pip install py-spy): profiling skipped")
+    with MemorySampler() as sampler:
+        for name in args.only:
+            for backend in args.backends:
+                key = f"{name}[{backend}]"
+                try:
+                    if name == "ingest":
+                        options = ingest.IngestOptions(
+                            workers=args.workers,
+                            concurrency=args.concurrency,
+                            threads=args.wrk_threads,
+                            generator=generator,
+                            profile=args.profile,
+                            profile_dir=BENCH_DIR / "results",
+                        )
+                        outcome = await ingest.run_backend(backend, size, options, sampler)
+                    elif name == "reads":
+                        outcome = await reads.run_backend(backend, size, sampler)
+                    else:
+                        outcome = await e2e.run_backend(backend, size, sampler)
+                except BenchFailure as exc:
+                    outcome = {"failures": [str(exc)]}
+                except Exception as exc:
+                    traceback.print_exc()
+                    outcome = {"failures": [f"{type(exc).__name__}: {exc}"]}
+                results["benchmarks"][key] = outcome
+                for failure in outcome.get("failures", []):
+                    failures.append(f"{key}: {failure}")
+        memory = sampler.report()
+    print_table(
+        "memory (section 4): peak RSS per process while it ran",
+        ("process", "peak RSS MB", f"goal <= {RSS_GOAL_MB:g}"),
+        [
+            (m["process"], m["peak_rss_mb"], "met" if m["peak_rss_mb"] <= RSS_GOAL_MB else "MISSED")
+            for m in memory
+        ],
+    )
+    results["memory"] = memory
+    results["failures"] = failures
+    results["seconds"] = round(time.monotonic() - started, 1)
+    if not args.no_json:
+        out = BENCH_DIR / "results" / f"bench-{size.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
+        say(f"results written to {out}")
+    say(f"done in {results['seconds']:.0f}s")
+    if failures:
+        print("\nBENCHMARK FAILURES:", file=sys.stderr)
+        for failure in failures:
+            print(f"  - {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
