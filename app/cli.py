@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from app.config import Settings, SettingsError, load_settings
+from app.jobs.states import JobStatus
+
+if TYPE_CHECKING:
+    import httpx
 
 T = TypeVar("T")
 
@@ -36,7 +43,9 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# In a checkout, alembic.ini and migrations/ sit next to the package; in the container
+# image the package is installed in site-packages and they sit in the working directory.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -124,11 +133,33 @@ def migrate(
     from alembic.config import Config
 
     settings = settings_or_exit()
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    home = migrations_home()
+    config = Config(str(home / "alembic.ini"))
+    config.set_main_option("script_location", str(home / "migrations"))
     config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, revision)
-    out.print(f"database migrated to {revision}")
+    try:
+        command.upgrade(config, revision)
+    except Exception as exc:
+        err.print(f"[red]error:[/red] migration failed: {_one_line(exc)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"database migrated to {revision} (migrations in {home})", highlight=False)
+
+
+def migrations_home() -> Path:
+    """The folder holding alembic.ini and migrations/: the working directory first (the
+    container image's WORKDIR), then the folder above the package (a checkout)."""
+    candidates = [Path.cwd(), PACKAGE_PARENT]
+    for root in candidates:
+        if (root / "alembic.ini").is_file() and (root / "migrations" / "env.py").is_file():
+            return root
+    places = " or ".join(str(root) for root in candidates)
+    err.print(f"[red]error:[/red] no alembic.ini and migrations/ in {places}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
 
 
 @cli.command()
@@ -154,6 +185,14 @@ def sandbox(
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for repeatable faults.")] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The simulator's address as users see it; output file URLs start with it "
+            "(e.g. http://localhost:8100 when it runs in a container). Default: the address "
+            "each request came to."
+        ),
+    ] = None,
 ) -> None:
     """Run the PoYo simulator alone, for tests, benchmarks and docker compose."""
     import uvicorn
@@ -178,7 +217,7 @@ def sandbox(
         seed=seed,
     )
     uvicorn.run(
-        create_simulator(faults, api_key=api_key),
+        create_simulator(faults, api_key=api_key, public_url=public_url),
         host=host,
         port=port,
         access_log=False,
@@ -202,6 +241,9 @@ def show_config() -> None:
     out.print(table)
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")
+
+
 def _masked(value: Any) -> str:
     from pydantic import SecretStr
 
@@ -212,8 +254,9 @@ def _masked(value: Any) -> str:
         scheme, rest = text.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
         user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:********@{host}" if ":" in credentials else text
-    return text
+        if ":" in credentials:
+            text = f"{scheme}://{user}:********@{host}"
+    return _QUERY_PASSWORD.sub(r"\1********", text)
 
 
 # ---- keys --------------------------------------------------------------------------
@@ -222,7 +265,17 @@ def _masked(value: Any) -> str:
 def _db() -> Any:
     from app.db import Database
 
-    return Database(settings_or_exit())
+    return Database(_operator_settings())
+
+
+def _operator_settings() -> Settings:
+    """Settings for a command that runs service code: its logs go to stderr, like the
+    service's, so that stdout carries only the command's own output."""
+    from app.logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
 
 
 @keys_cli.command("create")
@@ -296,6 +349,387 @@ def keys_revoke(
         err.print(f"no live key matches {name_or_id!r}")
         raise typer.Exit(EXIT_FAILED)
     out.print(f"revoked {count} key(s)")
+
+
+# ---- the API client: submit, jobs ---------------------------------------------------
+
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url", help="The service's address. Default: PUBLIC_BASE_URL."),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="An API key from `poyo-relay keys create`. Default: POYO_RELAY_API_KEY.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead.")]
+
+_TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
+# A mistake the caller must fix (exit 2), as opposed to an operation that failed (exit 1).
+_USAGE_STATUSES = {400, 401, 403, 409, 413, 415, 422}
+
+
+class ApiFailure(Exception):
+    """The API answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, exit_code: int, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.details = details or []
+
+
+def _fail(message: str, exit_code: int, details: list[str] | None = None) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    for line in details or []:
+        err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+@contextlib.contextmanager
+def _api(base_url: str | None, api_key: str | None) -> Iterator[httpx.Client]:
+    """An authenticated HTTP client for the service; API failures end the command."""
+    import httpx
+
+    settings = settings_or_exit()
+    key = api_key or settings.poyo_relay_api_key.get_secret_value()
+    if not key:
+        _fail(
+            "an API key is required: --api-key or POYO_RELAY_API_KEY "
+            "(make one with `poyo-relay keys create NAME`)",
+            EXIT_USAGE,
+        )
+    url = (base_url or settings.public_base_url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        _fail(f"--base-url must start with http:// or https://, not {url!r}", EXIT_USAGE)
+    headers = {"Authorization": f"Bearer {key}", "User-Agent": "poyo-relay-cli"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
+            yield client
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the service at {url}: {_one_line(exc)}", EXIT_FAILED)
+    except ApiFailure as failure:
+        _fail(failure.message, failure.exit_code, failure.details)
+
+
+def _call(
+    client: httpx.Client, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any
+) -> dict[str, Any]:
+    response = client.request(method, path, **kwargs)
+    if response.status_code in ok:
+        body: dict[str, Any] = response.json()
+        return body
+    raise _failure(response)
+
+
+def _failure(response: httpx.Response) -> ApiFailure:
+    try:
+        error = response.json()["error"]
+        message = f"{error['message']} (HTTP {response.status_code})"
+        details = [
+            f"{'.'.join(str(part) for part in detail.get('loc', []))}: {detail.get('msg')}"
+            for detail in error.get("details") or []
+            if isinstance(detail, dict)
+        ]
+    except (ValueError, KeyError, TypeError):
+        message, details = f"the service answered HTTP {response.status_code}", []
+    if response.status_code == 401:
+        details.append("check the API key (--api-key or POYO_RELAY_API_KEY)")
+    code = EXIT_USAGE if response.status_code in _USAGE_STATUSES else EXIT_FAILED
+    return ApiFailure(message, exit_code=code, details=details)
+
+
+def _print_json(value: Any) -> None:
+    import orjson
+
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _job_error(job: dict[str, Any]) -> str:
+    error = job.get("error") or {}
+    return f"job {job['id']} failed: {error.get('code', 'error')}: {error.get('message', '')}"
+
+
+@cli.command()
+def submit(
+    image_url: Annotated[str, typer.Argument(help="The first frame: an http(s) image URL.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What should happen in the video.")],
+    model: Annotated[str, typer.Option(help="An image-to-video model.")] = "wan2.5-image-to-video",
+    resolution: Annotated[
+        str | None, typer.Option(help="480p, 720p or 1080p (model default: 720p).")
+    ] = None,
+    duration: Annotated[
+        int | None, typer.Option(help="Length in seconds: 5 or 10 (model default: 5).")
+    ] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="What to avoid.")] = None,
+    seed: Annotated[int | None, typer.Option(help="0..2147483647, for repeatable output.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Retrying with the same key never makes a second job.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the job ends; print its output.")
+    ] = False,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between status reads with --wait.")
+    ] = 1.0,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
+    ] = None,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit an image-to-video job; with --wait, follow it and print the output URL.
+
+    Exit code 0: submitted (or, with --wait, succeeded); 1: the job failed; 2: usage.
+    """
+    job_input: dict[str, Any] = {"prompt": prompt, "image_urls": [image_url]}
+    optional = {
+        "resolution": resolution,
+        "duration": duration,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+    }
+    job_input |= {name: value for name, value in optional.items() if value is not None}
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with _api(base_url, api_key) as client:
+        job = _call(
+            client,
+            "POST",
+            "/v1/jobs",
+            ok=(200, 201),
+            json={"model": model, "input": job_input},
+            headers=headers,
+        )
+        if wait and job["status"] not in _TERMINAL:
+            job = _follow(client, job, poll_interval=poll_interval, timeout=timeout)
+    if as_json:
+        _print_json(job)
+    if job["status"] == JobStatus.FAILED.value:
+        _fail(_job_error(job), EXIT_FAILED)
+    if job["status"] == JobStatus.SUCCEEDED.value:
+        if not as_json:
+            for output in job["outputs"]:
+                print(output["url"])
+        return
+    if wait:  # gave up waiting
+        _fail(f"job {job['id']} is still {job['status']} after {timeout:g}s", EXIT_FAILED)
+    if not as_json:
+        out.print(f"job {job['id']} is {job['status']}; follow it with `poyo-relay jobs show`:")
+        print(job["id"])
+
+
+def _follow(
+    client: httpx.Client, job: dict[str, Any], *, poll_interval: float, timeout: float | None
+) -> dict[str, Any]:
+    """Read the job until it ends (or `timeout` passes), showing its progress."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def read() -> dict[str, Any]:
+        return _call(client, "GET", f"/v1/jobs/{job['id']}")
+
+    def describe(current: dict[str, Any]) -> str:
+        return f"{current['id']} [bold]{current['status']}[/bold]"
+
+    if not err.is_terminal:
+        # No live display in logs and pipes: a line whenever the job moves.
+        seen = (job["status"], job["progress"])
+        err.print(f"{job['id']} {job['status']} {job['progress']}%", highlight=False)
+        while job["status"] not in _TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(poll_interval)
+            job = read()
+            if (job["status"], job["progress"]) != seen:
+                seen = (job["status"], job["progress"])
+                err.print(f"{job['id']} {job['status']} {job['progress']}%", highlight=False)
+        return job
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        bar = progress.add_task(describe(job), total=100, completed=job["progress"])
+        while job["status"] not in _TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(poll_interval)
+            job = read()
+            progress.update(bar, completed=job["progress"], description=describe(job))
+    return job
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs with this status.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only jobs of this model.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Continue after an earlier page.")] = None,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first, as a table."""
+    from rich.table import Table
+
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("status", status), ("model", model), ("cursor", cursor)):
+        if value is not None:
+            params[name] = str(value)
+    with _api(base_url, api_key) as client:
+        page = _call(client, "GET", "/v1/jobs", params=params)
+    if as_json:
+        _print_json(page)
+        return
+    table = Table("id", "model", "status", "progress", "created", "completed", box=None)
+    table.columns[0].no_wrap = True
+    for job in page["data"]:
+        table.add_row(
+            job["id"],
+            job["model"],
+            job["status"],
+            f"{job['progress']}%",
+            job["created_at"],
+            job["completed_at"] or "",
+        )
+    out.print(table)
+    if not page["data"]:
+        out.print("no jobs")
+    if page.get("next_cursor"):
+        out.print(f"more: --cursor {page['next_cursor']}", highlight=False)
+
+
+@jobs_cli.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="A job id (job_…).")],
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a job and its audit trail (exit code 1 if the job failed)."""
+    from rich.table import Table
+
+    with _api(base_url, api_key) as client:
+        job = _call(client, "GET", f"/v1/jobs/{job_id}")
+        events = _call(client, "GET", f"/v1/jobs/{job_id}/events")["data"]
+    if as_json:
+        _print_json({**job, "events": events})
+    else:
+        fields = Table(box=None, show_header=False)
+        fields.add_column(style="bold", no_wrap=True)
+        fields.add_column(overflow="fold")
+        provider = job.get("provider") or {}
+        rows = [
+            ("id", job["id"]),
+            ("model", job["model"]),
+            ("status", job["status"]),
+            ("progress", f"{job['progress']}%"),
+            ("provider task", provider.get("task_id") or ""),
+            ("created", job["created_at"]),
+            ("submitted", job["submitted_at"] or ""),
+            ("completed", job["completed_at"] or ""),
+        ]
+        rows += [("output", output["url"]) for output in job["outputs"]]
+        if job.get("error"):
+            rows.append(("error", f"{job['error']['code']}: {job['error']['message']}"))
+        for name, value in rows:
+            fields.add_row(name, str(value))
+        out.print(fields)
+        trail = Table("time", "event", "data", title="events", box=None)
+        trail.columns[0].no_wrap = True
+        trail.columns[1].no_wrap = True
+        trail.columns[2].overflow = "fold"
+        for event in events:
+            trail.add_row(event["created_at"], event["type"], _summary(event["data"]))
+        out.print(trail)
+    if job["status"] == JobStatus.FAILED.value:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _summary(data: dict[str, Any], limit: int = 160) -> str:
+    import orjson
+
+    shown = {key: value for key, value in data.items() if key != "raw"}
+    text = orjson.dumps(shown).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---- retention ---------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_age(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `45s` or `2w` as a positive timedelta."""
+    match = _DURATION.match(text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r} is not a positive age such as 90d, 12h or 2w")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+@cli.command()
+def prune(
+    older_than: Annotated[
+        timedelta,
+        typer.Option(
+            "--older-than",
+            parser=parse_age,
+            metavar="AGE",
+            help="Age of what goes: 90d, 12h, 2w, … (s, m, h, d, w).",
+            show_default=False,
+        ),
+    ],
+    jobs: Annotated[
+        bool, typer.Option("--jobs", help="Also delete jobs that ended before then.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Rows per transaction.")
+    ] = 1000,
+) -> None:
+    """Delete old job events (and with --jobs, old finished jobs) in small batches.
+
+    Also deletes idempotency keys past IDEMPOTENCY_TTL_SECONDS and spent rate-limit
+    windows. Safe to run while the service is up, e.g. daily from cron.
+    """
+    from app.ops.prune import prune as run_prune
+
+    settings = _operator_settings()
+
+    async def main() -> Any:
+        from app.db import Database
+
+        db = Database(settings)
+        try:
+            return await run_prune(
+                db,
+                older_than=older_than,
+                idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+                jobs=jobs,
+                batch_size=batch_size,
+            )
+        finally:
+            await db.dispose()
+
+    try:
+        result = run_async(main())
+    except Exception as exc:
+        _fail(f"prune failed: {_one_line(exc)}", EXIT_FAILED)
+    from app.timeutil import isoformat_z
+
+    out.print(
+        f"pruned before {isoformat_z(result.cutoff)}: {result.events} events, "
+        f"{result.jobs} jobs, {result.idempotency_keys} expired idempotency keys, "
+        f"{result.rate_limit_windows} rate-limit windows ({result.batches} batches)",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -57,6 +57,15 @@ class SecretRedactor:
 
 REDACTOR = SecretRedactor()
 
+# uvicorn passes an ANSI-coloured copy of its message as an extra; it is noise in JSON.
+_NOISE = ("color_message",)
+
+
+def drop_noise(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    for key in _NOISE:
+        event.pop(key, None)
+    return event
+
 
 def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
     """Idempotent; safe to call from every entry point."""
@@ -67,6 +76,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        drop_noise,
         REDACTOR,
     ]
     renderer: Processor = (

@@ -4,6 +4,7 @@ that builds the runtime and, unless RUN_WORKER=false, runs the background worker
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 
 import structlog
@@ -13,7 +14,7 @@ from app import __version__
 from app.callbacks.credentials import CALLBACK_PATH
 from app.callbacks.router import router as callbacks_router
 from app.catalog.router import router as models_router
-from app.config import SANDBOX_MOUNT_PATH, Settings, get_settings
+from app.config import SANDBOX_MOUNT_PATH, Settings, SettingsError, get_settings
 from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
 from app.logs import REDACTOR, configure_logging
@@ -105,7 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn app.main:app` builds the app on first access, after the environment is read.
     if name == "app":
-        application = create_app()
+        try:
+            application = create_app()
+        except SettingsError as exc:
+            # Invalid configuration: one line per problem and exit code 2, no traceback.
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2) from None
         globals()["app"] = application
         return application
     raise AttributeError(name)

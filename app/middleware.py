@@ -17,10 +17,13 @@ from app.metrics import HTTP_REQUESTS
 
 access_log = structlog.get_logger("poyo_relay.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# /v1/jobs/{job_id}… and /v1/callbacks/poyo/{job_id}/…: the job a request is about.
+_JOB_IN_PATH = re.compile(r"/(job_[0-9a-z]{26})(?=/|$)")
 
 
 class RequestContext:
-    """Accepts or makes an X-Request-ID, binds it to every log line, writes the access log.
+    """Accepts or makes an X-Request-ID, binds it (and the job id a path names) to every
+    log line of the request, and writes the access log.
 
     The access log names the route template, never the raw path: callback paths carry
     credentials.
@@ -49,6 +52,9 @@ class RequestContext:
 
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        job = _JOB_IN_PATH.search(scope["path"])
+        if job is not None:
+            structlog.contextvars.bind_contextvars(job_id=job.group(1))
         try:
             await self.app(scope, receive, send_with_id)
         finally:

@@ -1,0 +1,178 @@
+"""Retention: delete old audit events (and, on request, old finished jobs) in small batches.
+
+Every batch is its own short transaction of at most `batch_size` rows, so pruning a long
+history never holds long locks and live traffic goes on between batches. On PostgreSQL
+the jobs to delete are taken with `FOR UPDATE SKIP LOCKED`, so a prune never waits for,
+nor blocks, a request or a worker that is touching a job.
+
+What goes:
+- events older than the cutoff, of jobs that have ended (a live job keeps its trail);
+- with `jobs=True`: jobs that ended before the cutoff, with their events and idempotency
+  keys (a job that a worker holds a lease on, e.g. to deliver its webhook, stays);
+- always: idempotency keys past their retention (IDEMPOTENCY_TTL_SECONDS; an older key
+  is never honoured anyway) and spent rate-limit windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import Delete, delete, or_, select, tuple_
+
+from app.auth.models import RateLimitWindow
+from app.auth.ratelimit import WINDOW_SECONDS
+from app.db import Database
+from app.ids import job_id_bound
+from app.jobs.models import IdempotencyKey, Job, JobEvent
+from app.jobs.states import TERMINAL
+from app.timeutil import utcnow
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+# A job carries a handful of events (a dozen is typical), so a batch of jobs is smaller.
+JOBS_PER_EVENT_BATCH = 10
+
+_ENDED = [status.value for status in TERMINAL]
+
+
+@dataclass
+class PruneResult:
+    """How many rows each part of a prune deleted."""
+
+    cutoff: datetime
+    events: int = 0
+    jobs: int = 0
+    idempotency_keys: int = 0
+    rate_limit_windows: int = 0
+    batches: int = 0
+
+
+async def prune(
+    db: Database,
+    *,
+    older_than: timedelta,
+    idempotency_ttl: timedelta,
+    jobs: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    now: datetime | None = None,
+) -> PruneResult:
+    """Delete what the retention policy no longer keeps, one short transaction per batch."""
+    if older_than <= timedelta(0):
+        raise ValueError("older_than must be positive")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    now = now or utcnow()
+    result = PruneResult(cutoff=now - older_than)
+    if jobs:
+        await _prune_jobs(db, result, now, max(1, batch_size // JOBS_PER_EVENT_BATCH))
+    await _prune_events(db, result, batch_size)
+    result.idempotency_keys = await _in_batches(
+        db, result, lambda: _expired_keys(now - idempotency_ttl, batch_size), batch_size
+    )
+    spent = int(time.time()) // WINDOW_SECONDS * WINDOW_SECONDS - WINDOW_SECONDS
+    result.rate_limit_windows = await _in_batches(
+        db, result, lambda: _spent_windows(spent, batch_size), batch_size
+    )
+    log.info(
+        "prune_finished",
+        cutoff=result.cutoff.isoformat(),
+        events=result.events,
+        jobs=result.jobs,
+        idempotency_keys=result.idempotency_keys,
+        rate_limit_windows=result.rate_limit_windows,
+        batches=result.batches,
+    )
+    return result
+
+
+async def _in_batches(
+    db: Database, result: PruneResult, statement: Callable[[], Delete], batch_size: int
+) -> int:
+    """Run a bounded DELETE until it deletes less than a full batch; rows deleted."""
+    total = 0
+    while True:
+        async with db.write() as session:
+            deleted = _rowcount(await session.execute(statement()))
+        result.batches += 1
+        total += deleted
+        if deleted < batch_size:
+            return total
+        await asyncio.sleep(0)  # let other writers in between batches
+
+
+async def _prune_events(db: Database, result: PruneResult, batch_size: int) -> None:
+    def statement() -> Delete:
+        old = (
+            select(JobEvent.id)
+            .join(Job, Job.id == JobEvent.job_id)
+            .where(JobEvent.created_at < result.cutoff, Job.status.in_(_ENDED))
+            .limit(batch_size)
+        )
+        return delete(JobEvent).where(JobEvent.id.in_(old.scalar_subquery()))
+
+    result.events += await _in_batches(db, result, statement, batch_size)
+
+
+async def _prune_jobs(db: Database, result: PruneResult, now: datetime, batch_size: int) -> None:
+    # Job ids are time-ordered (app/ids.py): `id < bound` is a range scan of the
+    # (status, id) index however long the history is.
+    bound = job_id_bound(result.cutoff, upper=False)
+    while True:
+        candidates = (
+            select(Job.id)
+            .where(
+                Job.status.in_(_ENDED),
+                Job.id < bound,
+                Job.completed_at < result.cutoff,
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+            )
+            .order_by(Job.id)
+            .limit(batch_size)
+        )
+        if not db.is_sqlite:
+            candidates = candidates.with_for_update(skip_locked=True)
+        async with db.write() as session:
+            job_ids = list((await session.execute(candidates)).scalars())
+            if job_ids:
+                events = await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
+                await session.execute(
+                    delete(IdempotencyKey).where(IdempotencyKey.job_id.in_(job_ids))
+                )
+                removed = await session.execute(delete(Job).where(Job.id.in_(job_ids)))
+                result.events += _rowcount(events)
+                result.jobs += _rowcount(removed)
+        result.batches += 1
+        if len(job_ids) < batch_size:
+            return
+        await asyncio.sleep(0)
+
+
+def _expired_keys(cutoff: datetime, batch_size: int) -> Delete:
+    old = (
+        select(IdempotencyKey.owner, IdempotencyKey.key)
+        .where(IdempotencyKey.created_at < cutoff)
+        .limit(batch_size)
+    )
+    return delete(IdempotencyKey).where(tuple_(IdempotencyKey.owner, IdempotencyKey.key).in_(old))
+
+
+def _spent_windows(before: int, batch_size: int) -> Delete:
+    old = (
+        select(RateLimitWindow.key_id, RateLimitWindow.window_start)
+        .where(RateLimitWindow.window_start < before)
+        .limit(batch_size)
+    )
+    return delete(RateLimitWindow).where(
+        tuple_(RateLimitWindow.key_id, RateLimitWindow.window_start).in_(old)
+    )
+
+
+def _rowcount(result: object) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count) if isinstance(count, int) and count > 0 else 0

@@ -1,0 +1,168 @@
+"""`/metrics` as Prometheus scrapes it, after real jobs ran end to end over loopback."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from app.catalog.models import CATALOG
+from app.jobs.states import JobStatus
+from app.main import create_app
+from tests.conftest import Service, Simulator
+from tests.support import IMAGE_JOB, TEXT_JOB
+
+PREFIX = "poyo_relay_"
+NAME = re.compile(r"^poyo_relay_[a-z][a-z0-9_]*$")
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# What a label value may look like when it is not from a known list: a short identifier.
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_.]{0,47}$")
+UNBOUNDED = re.compile(r"job_[0-9a-z]{26}|task-|prk_|key_[0-9a-z]{26}|https?://")
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(http: httpx.AsyncClient) -> tuple[Series, list[Sample], dict[str, str]]:
+    """Every sample by (name, labels), the samples, and each family's type."""
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    series: Series = {}
+    samples: list[Sample] = []
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(response.text):
+        if not family.name.startswith(PREFIX):
+            continue
+        types[family.name] = family.type
+        for sample in family.samples:
+            samples.append(sample)
+            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return series, samples, types
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
+def label_values(samples: Iterable[Sample], name: str, label: str) -> set[str]:
+    return {s.labels[label] for s in samples if s.name.startswith(name) and label in s.labels}
+
+
+async def test_metrics_carry_the_job_lifecycle(service: Service, simulator: Simulator) -> None:
+    client = service.client
+    http = client.http
+    before, _, _ = await scrape(http)
+
+    # a provider outage on the first submission: errors are counted, the worker retries
+    await simulator.set_faults(submit_error_rate=1.0)
+    flaky = (await client.create_job(IMAGE_JOB)).json()
+    assert flaky["status"] == "pending"
+    await simulator.set_faults(submit_error_rate=0.0)
+    ok = (await client.create_job(IMAGE_JOB)).json()
+    failing = {**TEXT_JOB, "input": {"prompt": "a lighthouse [fail]"}}
+    bad = (await client.create_job(failing)).json()
+    for job in (flaky, ok):
+        assert (await client.wait_for_status(job["id"], {"succeeded", "failed"}))[
+            "status"
+        ] == "succeeded"
+    assert (await client.wait_for_status(bad["id"], {"succeeded", "failed"}))["status"] == "failed"
+    forged = await http.post(f"/v1/callbacks/poyo/{ok['id']}/not-the-token", json={})
+    assert forged.status_code == 401
+
+    after, samples, types = await scrape(http)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    image, text = IMAGE_JOB["model"], TEXT_JOB["model"]
+    assert types["poyo_relay_jobs_created"] == "counter"
+    assert delta("poyo_relay_jobs_created_total", model=image) == 2
+    assert delta("poyo_relay_jobs_created_total", model=text) == 1
+    assert delta("poyo_relay_jobs_finished_total", model=image, status="succeeded") == 2
+    assert delta("poyo_relay_jobs_finished_total", model=text, status="failed") == 1
+    assert delta("poyo_relay_jobs_finished_total", model=text, status="succeeded") == 0
+
+    assert types["poyo_relay_job_duration_seconds"] == "histogram"
+    duration = "poyo_relay_job_duration_seconds"
+    assert delta(f"{duration}_count", model=image, status="succeeded") == 2
+    assert delta(f"{duration}_bucket", model=image, status="succeeded", le="+Inf") == 2
+    assert delta(f"{duration}_sum", model=image, status="succeeded") > 0
+    assert delta(f"{duration}_count", model=text, status="failed") == 1
+
+    # one callback per job from the provider, and the forged one
+    assert delta("poyo_relay_callbacks_total", outcome="received") == 3
+    assert delta("poyo_relay_callbacks_total", outcome="rejected_credential") == 1
+
+    latency = "poyo_relay_provider_request_duration_seconds"
+    assert types[latency] == "histogram"
+    errors = delta("poyo_relay_provider_errors_total", endpoint="submit", kind="unavailable")
+    assert errors >= 1
+    # every attempt is timed: the failed ones and one success per job
+    assert delta(f"{latency}_count", endpoint="submit") == errors + 3
+    assert delta(f"{latency}_count", endpoint="status") >= 3  # each outcome was confirmed
+
+    assert types["poyo_relay_worker_queue_depth"] == "gauge"
+    assert label_values(samples, "poyo_relay_worker_queue_depth", "queue") >= {
+        "pending",
+        "awaiting_reconcile",
+    }
+    assert all(s.value >= 0 for s in samples if s.name == "poyo_relay_worker_queue_depth")
+    assert types["poyo_relay_worker_loop_lag_seconds"] == "gauge"
+    assert any(s.name == "poyo_relay_worker_loop_lag_seconds" for s in samples)
+
+    requests = "poyo_relay_http_requests_total"
+    assert delta(requests, route="/v1/jobs", method="POST", status="2xx") == 3
+    callback_route = "/v1/callbacks/poyo/{job_id}/{token}"
+    assert delta(requests, route=callback_route, method="POST", status="4xx") == 1
+    assert delta(requests, route=callback_route, method="POST", status="2xx") == 3
+
+
+async def test_metric_names_and_labels_are_bounded(service: Service) -> None:
+    client = service.client
+    job = (await client.create_job(IMAGE_JOB)).json()
+    await client.wait_for_status(job["id"], {"succeeded"})
+    # requests whose paths carry ids and secrets, routed and not
+    await client.get(f"/v1/jobs/{job['id']}")
+    await client.get("/v1/jobs/job_00000000000000000000000000")
+    await client.http.get("/no/such/place/prk_0123456789")
+    await client.http.post(f"/v1/callbacks/poyo/{job['id']}/guess", json={})
+
+    _, samples, types = await scrape(client.http)
+    app = create_app(service.settings)
+    routes = set(app.openapi()["paths"]) | {getattr(r, "path", None) or "" for r in app.routes}
+    closed = {
+        "model": set(CATALOG.names),
+        "endpoint": {"submit", "status"},
+        "kind": {"rejected", "unavailable", "error"},
+        "queue": {"pending", "awaiting_reconcile"},
+        "route": routes | {"unmatched"},
+        "method": HTTP_METHODS,
+    }
+    seen: Counter[str] = Counter()
+    for sample in samples:
+        assert NAME.match(sample.name), sample.name
+        for label, label_value in sample.labels.items():
+            seen[label] += 1
+            assert LABEL_NAME.match(label), (sample.name, label)
+            assert not UNBOUNDED.search(label_value), (sample.name, label, label_value)
+            if label == "le":
+                assert sample.name.endswith("_bucket")
+            elif label in closed:
+                assert label_value in closed[label], (sample.name, label, label_value)
+            elif label == "status" and sample.name.startswith("poyo_relay_http_"):
+                assert label_value in {"1xx", "2xx", "3xx", "4xx", "5xx"}, label_value
+            elif label == "status":
+                assert label_value in {s.value for s in JobStatus}, label_value
+            else:
+                assert IDENTIFIER.match(label_value), (sample.name, label, label_value)
+    assert {"model", "status", "outcome", "endpoint", "queue", "route"} <= set(seen)
+    for name, kind in types.items():
+        if kind == "counter":
+            assert any(s.name == f"{name}_total" for s in samples), name
+        if kind == "histogram":
+            assert name.endswith("_seconds"), name
