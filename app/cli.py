@@ -99,7 +99,18 @@ def serve(
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics at /metrics on this port (queue "
+            "depth, loop lag, jobs finished, provider latency). Default: off.",
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",  # noqa: S104
+) -> None:
     """Run the background worker alone (set RUN_WORKER=false on the API replicas)."""
     from app.logs import configure_logging
     from app.runtime import Runtime
@@ -107,6 +118,18 @@ def worker() -> None:
 
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    metrics_server = None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from app.metrics import REGISTRY
+
+        try:
+            metrics_server, _ = start_http_server(
+                metrics_port, addr=metrics_host, registry=REGISTRY
+            )
+        except OSError as exc:
+            _fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}", EXIT_FAILED)
 
     async def main() -> None:
         runtime = await Runtime.start(settings)
@@ -121,7 +144,11 @@ def worker() -> None:
 
         await _until_signalled(start, stop)
 
-    run_async(main())
+    try:
+        run_async(main())
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
 
 
 @cli.command()

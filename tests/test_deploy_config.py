@@ -228,9 +228,14 @@ def test_compose_services_and_their_order() -> None:
     assert mount == "/var/lib/postgresql/data"
     assert volume_name in compose()["volumes"]
     assert "pg_isready" in " ".join(healthcheck_command(postgres))
-    # services without an HTTP server must not inherit the image's /healthz check
-    assert found["worker"]["healthcheck"] == {"disable": True}
+    # a one-shot service must not inherit the image's /healthz check
     assert found["migrate"]["healthcheck"] == {"disable": True}
+    # the worker has no API: its check asks its metrics server, on the port it serves
+    worker_port = option(found["worker"]["command"], "--metrics-port")
+    assert worker_port in [str(port) for port in found["worker"]["expose"]]
+    assert f"http://127.0.0.1:{worker_port}/metrics" in " ".join(
+        healthcheck_command(found["worker"])
+    )
 
 
 def test_compose_sets_only_real_settings_with_valid_values() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,8 +16,10 @@ from prometheus_client.samples import Sample
 from app.catalog.models import CATALOG
 from app.jobs.states import JobStatus
 from app.main import create_app
-from tests.conftest import Service, Simulator
-from tests.support import IMAGE_JOB, TEXT_JOB
+from tests.clirun import POYO_RELAY, clean_env
+from tests.conftest import SIMULATOR_KEY, Service, ServiceFactory, Simulator
+from tests.support import IMAGE_JOB, TEXT_JOB, eventually, free_socket
+from tests.test_deploy_config import healthcheck_command, run_healthcheck, services
 
 PREFIX = "poyo_relay_"
 NAME = re.compile(r"^poyo_relay_[a-z][a-z0-9_]*$")
@@ -166,3 +171,83 @@ async def test_metric_names_and_labels_are_bounded(service: Service) -> None:
             assert any(s.name == f"{name}_total" for s in samples), name
         if kind == "histogram":
             assert name.endswith("_seconds"), name
+
+
+async def test_a_separate_worker_serves_its_own_metrics(
+    start_service: ServiceFactory, simulator: Simulator, database_url: str, tmp_path: Path
+) -> None:
+    """The compose layout: an API without a worker, and `poyo-relay worker --metrics-port`.
+    The worker confirms and finishes jobs, so the series it moves are on its own /metrics."""
+    service = await start_service(run_worker=False)
+    reserved = free_socket()
+    port = reserved.getsockname()[1]
+    reserved.close()
+    env = clean_env(
+        DATABASE_URL=database_url,
+        POYO_API_KEY=SIMULATOR_KEY,
+        POYO_BASE_URL=simulator.url,
+        PUBLIC_BASE_URL=service.url,
+        WORKER_POLL_SECONDS="0.05",
+        RETRY_BASE_SECONDS="0.05",
+        LOG_FORMAT="json",
+    )
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = await asyncio.create_subprocess_exec(
+            POYO_RELAY,
+            "worker",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=log_file,
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+            async def worker_metrics() -> int:
+                try:
+                    return (await http.get("/metrics")).status_code
+                except httpx.TransportError:
+                    assert worker.returncode is None, log_path.read_text()
+                    return 0
+
+            await eventually(worker_metrics, lambda status: status == 200, seconds=30)
+            job = (await service.client.create_job(IMAGE_JOB)).json()
+            done = await service.client.wait_for_status(job["id"], {"succeeded", "failed"}, 30)
+            assert done["status"] == "succeeded", log_path.read_text()
+
+            series, samples, types = await scrape(http)
+        model = IMAGE_JOB["model"]
+        # a fresh process: exact figures
+        assert value(series, "poyo_relay_jobs_finished_total", model=model, status="succeeded") == 1
+        assert (
+            value(series, "poyo_relay_job_duration_seconds_count", model=model, status="succeeded")
+            == 1
+        )
+        assert value(series, "poyo_relay_jobs_created_total", model=model) == 0  # the API's
+        assert (
+            value(series, "poyo_relay_provider_request_duration_seconds_count", endpoint="status")
+            >= 1
+        )
+        assert value(series, "poyo_relay_worker_items_total", loop="reconcile", result="ok") >= 1
+        assert label_values(samples, "poyo_relay_worker_queue_depth", "queue") == {
+            "pending",
+            "awaiting_reconcile",
+        }
+        assert types["poyo_relay_worker_loop_lag_seconds"] == "gauge"
+
+        api_series, _, _ = await scrape(service.client.http)
+        assert value(api_series, "poyo_relay_jobs_created_total", model=model) >= 1
+
+        # compose's health check for the worker passes against it
+        check = healthcheck_command(services()["worker"])
+        assert await run_healthcheck(check, port) == 0
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(worker.wait(), 30)
+    assert code == 0, log_path.read_text()
