@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.service import authenticate
@@ -39,3 +40,29 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def _needs_key(dependant: Dependant) -> bool:
+    return any(
+        dependency.call is get_caller or _needs_key(dependency)
+        for dependency in dependant.dependencies
+    )
+
+
+async def authentication_failure(request: Request) -> Unauthorized | None:
+    """The 401 owed to a request refused before its dependencies ran, if any.
+
+    FastAPI reads and parses a JSON body before it resolves dependencies, so a request
+    with an unparseable body would otherwise be told about its body (400/422) without
+    ever showing a key. Error handlers ask this first: on an endpoint that needs a key,
+    an unauthenticated request learns nothing but `401`.
+    """
+    route: Any = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if not isinstance(dependant, Dependant) or not _needs_key(dependant):
+        return None
+    try:
+        await get_caller(get_runtime(request), await _bearer(request))
+    except Unauthorized as exc:
+        return exc
+    return None

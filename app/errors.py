@@ -139,16 +139,28 @@ async def _app_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _refused_before_auth(request: Request) -> JSONResponse | None:
+    """A 401 instead of a body error when the endpoint needs a key and none valid was shown."""
+    from app.deps import authentication_failure  # deps imports this module
+
+    failure = await authentication_failure(request)
+    return error_response(failure) if failure is not None else None
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if (refused := await _refused_before_auth(request)) is not None:
+        return refused
     return JSONResponse(
         error_body("invalid_request", "the request is invalid", validation_details(exc.errors())),
         status_code=422,
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and (refused := await _refused_before_auth(request)) is not None:
+        return refused
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     return JSONResponse(
         error_body(_HTTP_TYPES.get(exc.status_code, "http_error"), message),

@@ -31,6 +31,17 @@ class JobCreate(BaseModel):
     webhook_url: HttpUrl | None = None
 
 
+JOB_ID_PATTERN = r"^job_[0-9a-z]{26}$"
+Timestamp = Annotated[
+    str,
+    Field(
+        description="RFC 3339, UTC, millisecond precision",
+        json_schema_extra={"format": "date-time"},
+        examples=["2025-11-12T10:30:00.000Z"],
+    ),
+]
+
+
 class ProviderInfo(BaseModel):
     name: Literal["poyo"] = "poyo"
     task_id: str | None
@@ -49,6 +60,7 @@ class JobError(BaseModel):
 
 class JobOut(BaseModel):
     model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
         json_schema_extra={
             "examples": [
                 {
@@ -78,10 +90,10 @@ class JobOut(BaseModel):
                     "completed_at": "2025-11-12T10:32:10.000Z",
                 }
             ]
-        }
+        },
     )
 
-    id: str
+    id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
     object: Literal["job"] = "job"
     model: str
     status: JobStatus
@@ -92,26 +104,43 @@ class JobOut(BaseModel):
     progress: int = Field(ge=0, le=100)
     outputs: list[JobOutput]
     error: JobError | None
-    created_at: str
-    updated_at: str
-    submitted_at: str | None
-    completed_at: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    submitted_at: Timestamp | None
+    completed_at: Timestamp | None
 
 
 class JobList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     object: Literal["list"] = "list"
     data: list[JobOut]
     next_cursor: str | None
 
 
 class EventOut(BaseModel):
-    id: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "evt_1",
+                    "type": "job.created",
+                    "created_at": "2025-11-12T10:30:00.000Z",
+                    "data": {"model": "wan2.5-image-to-video"},
+                }
+            ]
+        }
+    )
+
+    id: Annotated[str, Field(pattern=r"^evt_[0-9]+$")]
     type: str
-    created_at: str
+    created_at: Timestamp
     data: dict[str, Any]
 
 
 class EventList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     object: Literal["list"] = "list"
     data: list[EventOut]
     next_cursor: str | None = None
