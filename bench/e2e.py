@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import sqlite3
+import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -22,6 +25,7 @@ import httpx
 from app.auth.service import create_key
 from app.config import load_settings
 from app.db import Database
+from bench import profile
 from bench.common import (
     BenchDatabase,
     BenchFailure,
@@ -129,7 +133,10 @@ async def _submit_all(url: str, token: str, count: int) -> tuple[float, list[str
         return time.monotonic() - began, problems
 
 
-async def run_backend(backend: str, size: Size, sampler: MemorySampler) -> dict[str, Any]:
+async def run_backend(
+    backend: str, size: Size, sampler: MemorySampler, profile_dir: Path | None = None
+) -> dict[str, Any]:
+    """With `profile_dir`, py-spy records the service from the first submission to the end."""
     with workdir() as tmp:
         db = await create_database(backend, tmp)
         servers: list[ServerProcess] = []
@@ -177,6 +184,11 @@ async def run_backend(backend: str, size: Size, sampler: MemorySampler) -> dict[
                 f"e2e [{backend}]: submitting {count:,} jobs at concurrency "
                 f"{SUBMIT_CONCURRENCY} (simulated tasks take {QUEUE_SECONDS + RUN_SECONDS:g}s)"
             )
+            spy: subprocess.Popen[bytes] | None = None
+            raw = (profile_dir or tmp) / f"pyspy-e2e-{backend}.txt"
+            if profile_dir is not None and profile.available():
+                spy = profile.start(service.worker_pids()[0], size.e2e_timeout + 60, raw)
+                await asyncio.sleep(0.3)
             began = time.monotonic()
             submit_seconds, problems = await _submit_all(service.url, token, count)
             if problems:
@@ -192,11 +204,24 @@ async def run_backend(backend: str, size: Size, sampler: MemorySampler) -> dict[
                 await asyncio.sleep(0.2)
                 done = await _terminal_count(db)
             wall = time.monotonic() - began
+            profiled: dict[str, Any] = {}
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
+                await asyncio.to_thread(spy.wait, 30)
+                if raw.exists():
+                    summary = profile.summarise(raw)
+                    profile.print_profile(
+                        f"py-spy, e2e [{backend}], the API+worker process, {count:,} jobs",
+                        summary,
+                    )
+                    profiled = profile.as_dict(summary) | {"raw_file": str(raw)}
             sampler.unwatch(f"e2e[{backend}] simulator")
             sampler.unwatch(f"e2e[{backend}] api+worker")
             errors = service.log_errors() + simulator.log_errors()
             rows = await _timings(db)
-            return _report(backend, count, submit_seconds, wall, rows, errors)
+            return _report(backend, count, submit_seconds, wall, rows, errors) | {
+                "profile": profiled
+            }
         finally:
             for server in reversed(servers):
                 server.stop()

@@ -37,7 +37,7 @@ from bench.common import (
     workdir,
 )
 from bench.dataset import JobSpec, generate_jobs, load_jobs
-from bench.ingest_app import BARE_PREFIX, NAIVE_EVENT, NAIVE_PREFIX
+from bench.ingest_app import BARE_PREFIX, FACTORY, NAIVE_EVENT, NAIVE_PREFIX
 from bench.loadgen import LoadResult, run_load
 
 VARIANTS = {
@@ -61,6 +61,7 @@ class IngestOptions:
     generator: str = "wrk"
     profile: bool = False
     profile_dir: Path | None = None
+    factory: str = FACTORY
 
 
 @dataclass
@@ -195,7 +196,7 @@ async def run_backend(
             server = ServerProcess(
                 f"ingest-{backend}",
                 [_python(), "-m", "bench.ingest_app", "--port", str(port),
-                 "--workers", str(options.workers)],
+                 "--workers", str(options.workers), "--factory", options.factory],
                 env, tmp, port,
             ).start()  # fmt: skip
             server.wait_ready(workers=options.workers)
@@ -268,7 +269,6 @@ async def _profile_variant(
     seconds = max(5.0, size.ingest_seconds)
     pid = server.worker_pids()[0]
     out_dir = options.profile_dir or server.cwd
-    out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"pyspy-ingest-{backend}-{name}.txt"
     say(f"ingest [{backend}]: py-spy on worker pid {pid} during ({name}) for {seconds:g}s")
     spy = profile.start(pid, seconds, raw)

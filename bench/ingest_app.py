@@ -30,6 +30,7 @@ from app.timeutil import utcnow
 BARE_PREFIX = "/bench/bare"
 NAIVE_PREFIX = "/bench/naive"
 NAIVE_EVENT = "bench.naive_callback"
+FACTORY = "bench.ingest_app:create_bench_app"
 
 router = APIRouter(include_in_schema=False)
 
@@ -88,11 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--factory",
+        default=FACTORY,
+        help="module:callable building the app (to measure a candidate change to app/)",
+    )
     args = parser.parse_args()
     settings = load_settings()
     # The same uvicorn options as `poyo-relay serve` (app/cli.py).
     uvicorn.run(
-        "bench.ingest_app:create_bench_app",
+        args.factory,
         factory=True,
         host="127.0.0.1",
         port=args.port,

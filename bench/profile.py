@@ -102,6 +102,7 @@ def start(pid: int, seconds: float, output: Path, rate: int = 100) -> subprocess
     """Start recording `pid` for `seconds`, with native frames (to tell waiting from work)."""
     exe = py_spy()
     assert exe is not None
+    output.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [
             exe,

@@ -31,6 +31,7 @@ from bench.common import (
     print_table,
     say,
 )
+from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
 BENCHMARKS = ("ingest", "reads", "e2e")
@@ -51,7 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy one ingest worker during (a) and (c) and print where the time goes",
+        help="py-spy one ingest worker during (a) and (c), and the e2e service; print where "
+        "the time goes",
+    )
+    parser.add_argument(
+        "--ingest-factory",
+        default=FACTORY,
+        help="module:callable of the ingest app; to measure a candidate change (it must "
+        "serve the same routes as bench.ingest_app), put its module on PYTHONPATH",
     )
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
@@ -90,12 +98,18 @@ async def main_async(args: argparse.Namespace) -> int:
                             generator=generator,
                             profile=args.profile,
                             profile_dir=BENCH_DIR / "results",
+                            factory=args.ingest_factory,
                         )
                         outcome = await ingest.run_backend(backend, size, options, sampler)
                     elif name == "reads":
                         outcome = await reads.run_backend(backend, size, sampler)
                     else:
-                        outcome = await e2e.run_backend(backend, size, sampler)
+                        outcome = await e2e.run_backend(
+                            backend,
+                            size,
+                            sampler,
+                            BENCH_DIR / "results" if args.profile else None,
+                        )
                 except BenchFailure as exc:
                     outcome = {"failures": [str(exc)]}
                 except Exception as exc:
