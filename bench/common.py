@@ -537,10 +537,10 @@ class MemorySampler:
                     rss = psutil.Process(pid).memory_info().rss
                 except psutil.Error:
                     continue
-                if pid == server.proc.pid and pid not in workers:
-                    role = "supervisor"
+                if pid == server.proc.pid:
+                    role = "process" if pid in workers else "supervisor"
                 else:
-                    role = "worker" if len(workers) > 1 or pid != server.proc.pid else "process"
+                    role = "worker" if pid in workers else "helper (multiprocessing)"
                 key = f"{label} {role} pid={pid}"
                 with self._lock:
                     previous = self.peaks.get(key, (pid, 0))[1]

@@ -112,6 +112,19 @@ async def _timings(
     return out
 
 
+async def _simulator_stats(url: str) -> str:
+    """What the simulator says of its callbacks (deliveries by HTTP status, or "error")."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            stats = (await http.get("/_sandbox/stats")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return (
+        f"{stats.get('tasks')} tasks, callback deliveries {stats.get('callback_deliveries')}, "
+        f"{stats.get('pending_callbacks')} pending"
+    )
+
+
 async def _submit_all(url: str, token: str, count: int) -> tuple[float, list[str]]:
     """Submit `count` jobs at SUBMIT_CONCURRENCY; the seconds it took and any problems."""
     problems: list[str] = []
@@ -198,8 +211,8 @@ async def run_backend(
             while done < count:
                 if time.monotonic() > deadline:
                     raise BenchFailure(
-                        f"only {done} of {count} jobs terminal after {size.e2e_timeout:g}s:\n"
-                        + service.log_tail(15)
+                        f"only {done} of {count} jobs terminal after {size.e2e_timeout:g}s; "
+                        f"simulator: {await _simulator_stats(simulator.url)}"
                     )
                 await asyncio.sleep(0.2)
                 done = await _terminal_count(db)
