@@ -153,6 +153,7 @@ async def run_backend(
     with workdir() as tmp:
         db = await create_database(backend, tmp)
         servers: list[ServerProcess] = []
+        spy: subprocess.Popen[bytes] | None = None
         try:
             provider_key = "sim-" + secrets.token_urlsafe(16)
             sim_port, api_port = free_port(), free_port()
@@ -197,7 +198,6 @@ async def run_backend(
                 f"e2e [{backend}]: submitting {count:,} jobs at concurrency "
                 f"{SUBMIT_CONCURRENCY} (simulated tasks take {QUEUE_SECONDS + RUN_SECONDS:g}s)"
             )
-            spy: subprocess.Popen[bytes] | None = None
             raw = (profile_dir or tmp) / f"pyspy-e2e-{backend}.txt"
             if profile_dir is not None and profile.available():
                 spy = profile.start(service.worker_pids()[0], size.e2e_timeout + 60, raw)
@@ -221,6 +221,7 @@ async def run_backend(
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
                 await asyncio.to_thread(spy.wait, 30)
+                spy = None
                 if raw.exists():
                     summary = profile.summarise(raw)
                     profile.print_profile(
@@ -236,6 +237,9 @@ async def run_backend(
                 "profile": profiled
             }
         finally:
+            if spy is not None and spy.poll() is None:
+                spy.send_signal(signal.SIGINT)
+                await asyncio.to_thread(spy.wait, 30)
             for server in reversed(servers):
                 server.stop()
             await drop_database(db)
