@@ -82,6 +82,16 @@ class ProviderStandIn:
         assert self.server is not None
         return self.server.url
 
+    def reset(self) -> None:
+        """Forget everything and let any stalled answer go: a clean provider for the next test."""
+        self.release.set()
+        self.release = asyncio.Event()
+        self.calls.clear()
+        self.tasks.clear()
+        self.callback_urls.clear()
+        self.submit_hook = None
+        self.status_hook = None
+
     # ---- what was received --------------------------------------------------------
 
     def submits(self) -> list[Call]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -26,10 +26,17 @@ LEGIT = [{"file_url": "https://cdn.poyo.example/real-output.mp4", "file_type": "
 FORGED = [{"file_url": "https://attacker.example/malware.mp4", "file_type": "video"}]
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[ProviderStandIn]:
+@pytest.fixture(scope="module")
+async def shared_provider() -> AsyncIterator[ProviderStandIn]:
     async with serve_stand_in() as stand_in:
         yield stand_in
+
+
+@pytest.fixture
+def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
+    shared_provider.reset()
+    yield shared_provider
+    shared_provider.release.set()  # let stalled answers go before the service stops
 
 
 @pytest.fixture
@@ -98,7 +105,7 @@ def status_changes(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 # ---- who may call --------------------------------------------------------------------------
 
 
-async def test_wrong_credential_is_401_and_changes_nothing(
+async def test_wrong_credential_is_401_unknown_job_is_404(
     relay: Service, provider: ProviderStandIn
 ) -> None:
     job, task_id = await queued_job(relay)
@@ -134,15 +141,12 @@ async def test_wrong_credential_is_401_and_changes_nothing(
     done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
     assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
 
-
-async def test_unknown_job_is_404(relay: Service, provider: ProviderStandIn) -> None:
+    # A valid credential for a job that does not exist: 404, whatever the body.
     missing = "job_01jcz3q9m4b8x2v7k5n0r6t1yw"
-    url = relay.runtime.credentials.url(missing)  # a valid credential for that id
     for body in (wrap(view("task-unified-1", "finished", FORGED)), b"not json"):
-        response = await send(relay, missing, body, url=url)
+        response = await send(relay, missing, body, url=relay.runtime.credentials.url(missing))
         assert_error(response, 404)
         assert response.json()["error"]["type"] == "not_found"
-    assert provider.status_calls() == []
 
 
 UNREADABLE = [
@@ -160,24 +164,20 @@ UNREADABLE = [
 ]
 
 
-async def test_unreadable_body_is_400(relay: Service, provider: ProviderStandIn) -> None:
-    job, _ = await queued_job(relay)
+async def test_unreadable_body_or_another_task_is_400(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    job, task_id = await queued_job(relay)
+    _, other_task = await queued_job(relay)
+    provider.set_task(task_id, "finished", files=LEGIT)
+    provider.set_task(other_task, "finished", files=FORGED)
     before = await relay.client.job(job["id"])
     for body in UNREADABLE:
         response = await send(relay, job["id"], body)
         assert response.status_code == 400, (body, response.text)
         assert_error(response, 400)
         assert response.json()["error"]["type"] == "bad_request"
-    assert await relay.client.job(job["id"]) == before
-    assert provider.status_calls() == []
-
-
-async def test_body_naming_another_task_is_400(relay: Service, provider: ProviderStandIn) -> None:
-    job, task_id = await queued_job(relay)
-    _, other_task = await queued_job(relay)
-    provider.set_task(task_id, "finished", files=LEGIT)
-    provider.set_task(other_task, "finished", files=FORGED)
-    before = await relay.client.job(job["id"])
+    # A well-formed body about a task that is not this job's.
     for body in (wrap(view(other_task, "finished", FORGED)), view("task-unified-x", "failed")):
         response = await send(relay, job["id"], body)
         assert_error(response, 400)
@@ -218,7 +218,9 @@ async def test_body_over_1_mib_with_content_length_is_413(
     assert provider.status_calls() == []
 
 
-async def test_streamed_body_over_1_mib_is_413(relay: Service, provider: ProviderStandIn) -> None:
+async def test_streamed_body_over_1_mib_is_413_and_1_mib_is_accepted(
+    relay: Service, provider: ProviderStandIn
+) -> None:
     job, task_id = await queued_job(relay)
     provider.set_task(task_id, "finished", files=LEGIT)
     before = await relay.client.job(job["id"])
@@ -237,11 +239,7 @@ async def test_streamed_body_over_1_mib_is_413(relay: Service, provider: Provide
     assert await relay.client.job(job["id"]) == before
     assert provider.status_calls() == []
 
-
-async def test_body_of_exactly_1_mib_is_accepted(relay: Service, provider: ProviderStandIn) -> None:
-    job, task_id = await queued_job(relay)
-    provider.set_task(task_id, "finished", files=LEGIT)
-    url = relay.runtime.credentials.url(job["id"])
+    # Exactly 1 MiB is within the limit.
     response = await relay.client.http.post(url, content=padded(task_id, MIB))
     assert response.status_code == 200, response.text
     done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
@@ -251,27 +249,28 @@ async def test_body_of_exactly_1_mib_is_accepted(relay: Service, provider: Provi
 # ---- accepted callbacks ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["wrapped", "flat"])
-async def test_callback_is_confirmed_with_the_status_endpoint(
-    relay: Service, provider: ProviderStandIn, form: str
+async def test_wrapped_and_flat_callbacks_are_confirmed_with_the_status_endpoint(
+    relay: Service, provider: ProviderStandIn
 ) -> None:
-    job, task_id = await queued_job(relay)
-    provider.set_task(task_id, "finished", files=LEGIT)
-    data = view(task_id, "finished", FORGED)  # what the body claims is not what is used
-    response = await send(relay, job["id"], wrap(data) if form == "wrapped" else data)
-    assert response.status_code == 200, response.text
-    assert response.json() == {"received": True, "outcome": "received"}
+    for form in ("wrapped", "flat"):
+        job, task_id = await queued_job(relay)
+        provider.set_task(task_id, "finished", files=LEGIT)
+        data = view(task_id, "finished", FORGED)  # what the body claims is not what is used
+        response = await send(relay, job["id"], wrap(data) if form == "wrapped" else data)
+        assert response.status_code == 200, (form, response.text)
+        assert response.json() == {"received": True, "outcome": "received"}
 
-    done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
-    assert done["status"] == "succeeded"
-    assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
-    assert done["progress"] == 100
-    assert done["completed_at"] is not None
-    assert done["provider"]["status"] == "finished"
-    assert len(provider.status_calls(task_id)) >= 1
-    types = types_of(await relay.client.events(job["id"]))
-    assert types.index("callback.received") < types.index("provider.polled")
-    assert status_changes(await relay.client.events(job["id"]))[-1] == ("queued", "succeeded")
+        done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", form
+        assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
+        assert done["progress"] == 100
+        assert done["completed_at"] is not None
+        assert done["provider"]["status"] == "finished"
+        assert len(provider.status_calls(task_id)) >= 1
+        events = await relay.client.events(job["id"])
+        types = types_of(events)
+        assert types.index("callback.received") < types.index("provider.polled")
+        assert status_changes(events)[-1] == ("queued", "succeeded")
 
 
 async def test_job_becomes_terminal_only_after_the_status_endpoint_answers(
@@ -304,7 +303,7 @@ async def _status_calls(provider: ProviderStandIn, task_id: str) -> int:
     return len(provider.status_calls(task_id))
 
 
-async def test_forged_finished_callback_never_sets_outputs(
+async def test_forged_callbacks_never_set_outputs_or_failure(
     relay: Service, provider: ProviderStandIn
 ) -> None:
     job, task_id = await queued_job(relay)
@@ -326,10 +325,7 @@ async def test_forged_finished_callback_never_sets_outputs(
     assert "attacker.example" not in orjson.dumps(shown).decode()
     assert len(provider.status_calls(task_id)) >= 1
 
-
-async def test_forged_failed_callback_does_not_fail_a_running_job(
-    relay: Service, provider: ProviderStandIn
-) -> None:
+    # A forged "failed" does not fail a job the provider says is running.
     job, task_id = await queued_job(relay)
     provider.set_task(task_id, "running", progress=10)
     forged = view(task_id, "failed")
@@ -428,19 +424,6 @@ async def test_concurrent_duplicates_make_one_state_change(
     assert len(terminal) == 1
 
 
-async def test_duplicate_before_confirmation_is_recorded(
-    relay: Service, provider: ProviderStandIn
-) -> None:
-    job, task_id = await queued_job(relay)
-    provider.set_task(task_id, "running")
-    running = wrap(view(task_id, "running"))
-    assert (await send(relay, job["id"], running)).json()["outcome"] == "received"
-    second = await send(relay, job["id"], running)
-    assert second.json()["outcome"] == "duplicate"
-    events = await relay.client.events(job["id"])
-    assert types_of(events).count("callback.duplicate") == 1
-
-
 async def test_late_running_after_finished_is_recorded_and_ignored(
     relay: Service, provider: ProviderStandIn
 ) -> None:
@@ -465,18 +448,26 @@ async def test_late_running_after_finished_is_recorded_and_ignored(
     assert status_changes(events)[-1] == ("queued", "succeeded")
 
 
-async def test_stale_running_while_in_flight_is_ignored(
+async def test_in_flight_duplicates_and_stale_callbacks_change_nothing(
     relay: Service, provider: ProviderStandIn
 ) -> None:
     job, task_id = await queued_job(relay)
-    provider.set_task(task_id, "running")
-    # The provider holds the task back: the finished claim awaits confirmation.
+    provider.set_task(task_id, "finished", files=LEGIT)
+    # The provider holds the status answer back: the finished claim awaits confirmation.
     provider.status_hook = _never_answering(provider)
-    assert (await send(relay, job["id"], view(task_id, "finished", LEGIT))).status_code == 200
+    finished = wrap(view(task_id, "finished", LEGIT))
+    assert (await send(relay, job["id"], finished)).json()["outcome"] == "received"
+    again = await send(relay, job["id"], finished)
+    assert again.status_code == 200
+    assert again.json()["outcome"] == "duplicate"
     stale = await send(relay, job["id"], view(task_id, "running"))
     assert stale.status_code == 200
     assert stale.json()["outcome"] == "ignored"
-    assert "callback.ignored" in types_of(await relay.client.events(job["id"]))
+    types = types_of(await relay.client.events(job["id"]))
+    assert types.count("callback.received") == 1
+    assert types.count("callback.duplicate") == 1
+    assert types.count("callback.ignored") == 1
+    assert (await relay.client.job(job["id"]))["status"] == "queued"
 
 
 def _never_answering(provider: ProviderStandIn) -> Any:
@@ -484,6 +475,39 @@ def _never_answering(provider: ProviderStandIn) -> Any:
         return await provider.hang()
 
     return hook
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: app/callbacks/service.py records a callback's claimed status in "
+    "jobs.callback_status before it is confirmed, and _classify() dedupes later callbacks "
+    "against that claim. When the status endpoint does not (yet) confirm a 'finished' "
+    "claim, the provider's genuine 'finished' callback is then answered 'duplicate' and "
+    "asks for no check, so the job stays running until reconcile_after_seconds (300 s). "
+    "Fix: dedupe against the confirmed provider_status (or clear callback_status when the "
+    "confirmation disagrees) so a later claim asks for a new check.",
+)
+async def test_genuine_callback_after_an_unconfirmed_claim_still_completes_the_job(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    job, task_id = await queued_job(relay)
+    # A "finished" claim the provider does not confirm: a forgery, or a status endpoint
+    # that lags behind its own callbacks.
+    provider.set_task(task_id, "running", progress=50)
+    early = await send(relay, job["id"], wrap(view(task_id, "finished", FORGED)))
+    assert early.status_code == 200
+    await eventually(
+        lambda: relay.client.events(job["id"]),
+        lambda events: "provider.polled" in types_of(events),
+    )
+    assert (await relay.client.job(job["id"]))["status"] == "running"
+
+    # Now the task really finishes and the provider calls back.
+    provider.set_task(task_id, "finished", files=LEGIT)
+    genuine = await send(relay, job["id"], wrap(view(task_id, "finished", LEGIT)))
+    assert genuine.status_code == 200
+    done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"}, seconds=5)
+    assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
 
 
 # ---- the simulator: a provider we did not write for these tests -------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -48,10 +48,17 @@ JOB_KEYS = {
 ALLOWED_EXTRA_KEYS = {"webhook_url"}
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[ProviderStandIn]:
+@pytest.fixture(scope="module")
+async def shared_provider() -> AsyncIterator[ProviderStandIn]:
     async with serve_stand_in() as stand_in:
         yield stand_in
+
+
+@pytest.fixture
+def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
+    shared_provider.reset()
+    yield shared_provider
+    shared_provider.release.set()  # let stalled answers go before the service stops
 
 
 @pytest.fixture
@@ -106,19 +113,28 @@ async def test_created_job_has_the_contract_shape(
     assert await relay.client.job(job["id"]) == job
 
 
-async def test_text_job_without_metadata(relay: Service, provider: ProviderStandIn) -> None:
-    response = await relay.client.create_job(TEXT_JOB)
-    assert response.status_code == 201, response.text
-    job = response.json()
+async def test_text_job_without_metadata_and_unique_ids(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    responses = [await relay.client.create_job(TEXT_JOB) for _ in range(4)]
+    assert [r.status_code for r in responses] == [201] * 4
+    job = responses[0].json()
     assert job["model"] == "wan2.5-text-to-video"
     assert job["metadata"] == {}
     assert job["input"]["prompt"] == "a lighthouse at dusk"
     assert provider.submits()[0].json()["model"] == "wan2.5-text-to-video"
+    ids = [r.json()["id"] for r in responses]
+    assert len(set(ids)) == 4
+    assert len({r.json()["provider"]["task_id"] for r in responses}) == 4
 
+    # A provider that starts the task at once: the job starts as running.
+    async def running(call: Call) -> Response:
+        return provider.accept(call, status="running")
 
-async def test_job_ids_are_unique(relay: Service) -> None:
-    ids = [(await relay.client.create_job(TEXT_JOB)).json()["id"] for _ in range(5)]
-    assert len(set(ids)) == 5
+    provider.submit_hook = running
+    job = (await relay.client.create_job(IMAGE_JOB)).json()
+    assert job["status"] == "running"
+    assert job["provider"]["status"] == "running"
 
 
 async def test_job_is_stored_pending_before_the_provider_is_called(
@@ -139,18 +155,6 @@ async def test_job_is_stored_pending_before_the_provider_is_called(
     assert response.json()["status"] == "queued"
     types = event_types(await relay.client.events(response.json()["id"]))
     assert types == ["job.created", "provider.submitted", "job.status_changed"]
-
-
-async def test_provider_may_answer_running_at_once(
-    relay: Service, provider: ProviderStandIn
-) -> None:
-    async def running(call: Call) -> Response:
-        return provider.accept(call, status="running")
-
-    provider.submit_hook = running
-    job = (await relay.client.create_job(IMAGE_JOB)).json()
-    assert job["status"] == "running"
-    assert job["provider"]["status"] == "running"
 
 
 # ---- what the provider's answer does to the job -------------------------------------------
@@ -276,7 +280,7 @@ async def test_provider_unreachable_leaves_the_job_pending(start_service: Servic
 # ---- reading -------------------------------------------------------------------------------
 
 
-async def test_unknown_job_is_404_with_the_envelope(relay: Service) -> None:
+async def test_client_errors_use_the_envelope(relay: Service) -> None:
     ids = ["job_01jcz3q9m4b8x2v7k5n0r6t1yw", "job_00000000000000000000000000", "nope", "job_"]
     for job_id in ids:
         for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events"):
@@ -287,8 +291,6 @@ async def test_unknown_job_is_404_with_the_envelope(relay: Service) -> None:
             assert body["error"]["type"] == "not_found"
             assert body["error"]["message"]
 
-
-async def test_api_requires_a_key(relay: Service) -> None:
     for response in (
         await relay.client.http.post("/v1/jobs", json=IMAGE_JOB),
         await relay.client.http.get("/v1/jobs"),
@@ -300,15 +302,14 @@ async def test_api_requires_a_key(relay: Service) -> None:
         assert response.json()["error"]["type"] == "authentication_error"
     assert (await relay.client.get("/v1/jobs")).json()["data"] == []
 
-
-async def test_malformed_json_body_is_a_client_error(relay: Service) -> None:
-    response = await relay.client.http.post(
+    malformed = await relay.client.http.post(
         "/v1/jobs",
         content=b'{"model": "wan2.5-text-to-video", "input": {',
         headers=relay.client.headers({"Content-Type": "application/json"}),
     )
-    assert 400 <= response.status_code < 500
-    assert set(response.json()) == {"error"}
+    assert 400 <= malformed.status_code < 500
+    assert set(malformed.json()) == {"error"}
+    assert (await relay.client.get("/v1/jobs")).json()["data"] == []
 
 
 # ---- the callback URL the provider is given --------------------------------------------------

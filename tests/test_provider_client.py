@@ -7,7 +7,7 @@ and exactly what (and how often) it sent.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from starlette.responses import JSONResponse, Response
@@ -42,10 +42,17 @@ TASK = {
 }
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[ProviderStandIn]:
+@pytest.fixture(scope="module")
+async def shared_provider() -> AsyncIterator[ProviderStandIn]:
     async with serve_stand_in(api_key=KEY) as stand_in:
         yield stand_in
+
+
+@pytest.fixture
+def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
+    shared_provider.reset()
+    yield shared_provider
+    shared_provider.release.set()  # let stalled answers go before the service stops
 
 
 @pytest.fixture
@@ -99,7 +106,8 @@ async def test_submit_sends_bearer_key_and_the_documented_body(
         "callback_url": CALLBACK,
         "input": INPUT,
     }
-    assert task.task_id == "task-unified-standin-000001"  # type: ignore[attr-defined]
+    [task_id] = provider.tasks
+    assert task.task_id == task_id  # type: ignore[attr-defined]
     assert task.status is ProviderStatus.NOT_STARTED  # type: ignore[attr-defined]
 
 

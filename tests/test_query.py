@@ -7,9 +7,10 @@ computed from what the API answered at creation, never written down in advance.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -32,22 +33,30 @@ DOCUMENTED_EVENTS = {
 }
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[ProviderStandIn]:
+@pytest.fixture(scope="module")
+async def shared_provider() -> AsyncIterator[ProviderStandIn]:
     async with serve_stand_in() as stand_in:
-
-        async def by_prompt(call: Call) -> Response:
-            prompt = call.json()["input"]["prompt"]
-            if "[reject]" in prompt:
-                return poyo_error(400, "prompt rejected by content policy")
-            if "[garbage]" in prompt:  # an unreadable answer: the job stays pending
-                return Response(b"<html>502</html>", 200, media_type="text/html")
-            if "[running]" in prompt:
-                return stand_in.accept(call, status="running")
-            return stand_in.accept(call)
-
-        stand_in.submit_hook = by_prompt
         yield stand_in
+
+
+@pytest.fixture
+def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
+    stand_in = shared_provider
+    stand_in.reset()
+
+    async def by_prompt(call: Call) -> Response:
+        prompt = call.json()["input"]["prompt"]
+        if "[reject]" in prompt:
+            return poyo_error(400, "prompt rejected by content policy")
+        if "[garbage]" in prompt:  # an unreadable answer: the job stays pending
+            return Response(b"<html>502</html>", 200, media_type="text/html")
+        if "[running]" in prompt:
+            return stand_in.accept(call, status="running")
+        return stand_in.accept(call)
+
+    stand_in.submit_hook = by_prompt
+    yield stand_in
+    stand_in.release.set()
 
 
 @pytest.fixture
@@ -59,19 +68,22 @@ MARKERS = ["", "[reject]", "[running]", "", "[garbage]", ""]
 
 
 async def create_jobs(relay: Service, count: int, offset: int = 0) -> list[dict[str, Any]]:
-    """`count` jobs, one at a time, alternating models and provider outcomes."""
-    jobs = []
-    for n in range(offset, offset + count):
+    """`count` jobs created at once, alternating models and provider outcomes."""
+
+    def body(n: int) -> dict[str, Any]:
         template = IMAGE_JOB if n % 2 == 0 else TEXT_JOB
-        body = {
+        return {
             "model": template["model"],
             "input": {**template["input"], "prompt": f"job {n} {MARKERS[n % len(MARKERS)]}"},
             "metadata": {"n": str(n)},
         }
-        response = await relay.client.create_job(body)
+
+    responses = await asyncio.gather(
+        *(relay.client.create_job(body(n)) for n in range(offset, offset + count))
+    )
+    for response in responses:
         assert response.status_code == 201, response.text
-        jobs.append(response.json())
-    return jobs
+    return [response.json() for response in responses]
 
 
 async def finish(relay: Service, provider: ProviderStandIn, job: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +109,21 @@ async def list_ids(relay: Service, **params: Any) -> list[str]:
 
 
 def newest_first(jobs: list[dict[str, Any]]) -> list[str]:
-    return [job["id"] for job in reversed(jobs)]
+    """Newest first; jobs created in the same millisecond in a stable (id) order."""
+    ordered = sorted(jobs, key=lambda job: (job["created_at"], job["id"]), reverse=True)
+    return [job["id"] for job in ordered]
+
+
+def created_in(
+    jobs: list[dict[str, Any]], after: str | None = None, before: str | None = None
+) -> list[dict[str, Any]]:
+    """The jobs created at or after `after` and strictly before `before` (API timestamps)."""
+    return [
+        job
+        for job in jobs
+        if (after is None or job["created_at"] >= after)
+        and (before is None or job["created_at"] < before)
+    ]
 
 
 def iso(value: str, tz: timezone = UTC) -> str:
@@ -132,7 +158,8 @@ async def test_list_is_newest_first_and_filters_work(
     stamps = [job["created_at"] for job in everything["data"]]
     assert stamps == sorted(stamps, reverse=True)
     # Listed jobs are the same objects GET /v1/jobs/{id} returns.
-    assert everything["data"][-1] == await relay.client.job(jobs[0]["id"])
+    for listed in (everything["data"][0], everything["data"][-1]):
+        assert listed == await relay.client.job(listed["id"])
 
     for status in STATUSES:
         expected = newest_first([job for job in jobs if job["status"] == status])
@@ -147,20 +174,24 @@ async def test_list_is_newest_first_and_filters_work(
     assert await list_ids(relay, model="wan2.5-unknown") == []
 
     # created_after is inclusive and created_before exclusive, at the boundary job.
-    boundary = late[0]["created_at"]
-    assert await list_ids(relay, created_after=iso(boundary)) == newest_first(late)
-    assert await list_ids(relay, created_before=iso(boundary)) == newest_first(early)
-    assert await list_ids(relay, created_after=boundary) == newest_first(late)
+    boundary = min(job["created_at"] for job in late)
+    after, before = created_in(jobs, after=boundary), created_in(jobs, before=boundary)
+    assert {job["id"] for job in late} <= {job["id"] for job in after}
+    assert {job["id"] for job in before} <= {job["id"] for job in early}
+    assert await list_ids(relay, created_after=iso(boundary)) == newest_first(after)
+    assert await list_ids(relay, created_before=iso(boundary)) == newest_first(before)
+    assert await list_ids(relay, created_after=boundary) == newest_first(after)
     # The same instant written in another time zone means the same thing.
     plus_two = timezone(timedelta(hours=2))
-    assert await list_ids(relay, created_after=iso(boundary, plus_two)) == newest_first(late)
-    window = await list_ids(
-        relay, created_after=iso(early[3]["created_at"]), created_before=iso(late[2]["created_at"])
-    )
-    assert window == newest_first(jobs[3:14])
+    assert await list_ids(relay, created_after=iso(boundary, plus_two)) == newest_first(after)
+    stamps = sorted({job["created_at"] for job in jobs})
+    low, high = stamps[len(stamps) // 4], stamps[3 * len(stamps) // 4]
+    window = await list_ids(relay, created_after=iso(low), created_before=iso(high))
+    assert window == newest_first(created_in(jobs, after=low, before=high))
+    assert 0 < len(window) < len(jobs)
     model = "wan2.5-image-to-video"
     assert await list_ids(relay, created_before=iso(boundary), model=model) == newest_first(
-        [job for job in early if job["model"] == model]
+        [job for job in before if job["model"] == model]
     )
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert await list_ids(relay, created_after=future) == []
@@ -218,10 +249,11 @@ async def test_cursor_pagination_visits_every_job_once(relay: Service) -> None:
     assert [job_id for page in pages for job_id in page] == queued
 
     image = [job for job in jobs if job["model"] == "wan2.5-image-to-video"]
-    boundary = iso(jobs[10]["created_at"])
-    pages = await walk(relay, limit=3, model="wan2.5-image-to-video", created_after=boundary)
+    stamps = sorted(job["created_at"] for job in jobs)
+    boundary = stamps[len(stamps) // 3]
+    pages = await walk(relay, limit=3, model="wan2.5-image-to-video", created_after=iso(boundary))
     assert [job_id for page in pages for job_id in page] == newest_first(
-        [job for job in image if job["created_at"] >= jobs[10]["created_at"]]
+        created_in(image, after=boundary)
     )
 
 
