@@ -202,6 +202,21 @@ async def test_list_is_newest_first_and_filters_work(
     await assert_422(relay, "/v1/jobs", created_before="2025-13-45T00:00:00Z")
 
 
+async def test_extreme_time_bounds_are_answered_not_crashed(relay: Service) -> None:
+    jobs = await create_jobs(relay, 2)
+    everything = newest_first(jobs)
+    for params, expected in (
+        ({"created_before": "9999-12-31T23:59:59.999999Z"}, everything),
+        ({"created_after": "9999-12-31T23:59:59.999999+00:00"}, []),
+        ({"created_after": "0001-01-01T00:00:00Z"}, everything),
+        ({"created_before": "0001-01-01T00:00:00+14:00"}, []),
+        ({"created_after": "1969-12-31T23:59:59Z"}, everything),
+    ):
+        response = await relay.client.get("/v1/jobs", **params)
+        assert response.status_code == 200, (params, response.text)
+        assert [job["id"] for job in response.json()["data"]] == expected, params
+
+
 async def test_limit_bounds_and_default(relay: Service) -> None:
     await create_jobs(relay, 23)
     default = (await relay.client.get("/v1/jobs")).json()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,7 +59,9 @@ def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> str:
 def _ms_ceiling(moment: datetime) -> datetime:
     """created_at is stored to the millisecond; round a bound up to the next one."""
     if moment.microsecond % 1000:
-        moment = moment + timedelta(microseconds=1000 - moment.microsecond % 1000)
+        # At the last representable instant there is nothing to round up to.
+        with contextlib.suppress(OverflowError):
+            moment = moment + timedelta(microseconds=1000 - moment.microsecond % 1000)
     return moment
 
 
