@@ -99,7 +99,10 @@ _CARRIERS = ("libpython", "libc.so", "libpthread", "ld-linux", "python3.1", "lib
 
 
 def start(pid: int, seconds: float, output: Path, rate: int = 100) -> subprocess.Popen[bytes]:
-    """Start recording `pid` for `seconds`, with native frames (to tell waiting from work)."""
+    """Start recording `pid` for `seconds`: only the thread holding the GIL, i.e. Python CPU.
+
+    (--native would tell waiting from working too, but lost most samples of the busy thread
+    on the machine this was written on.)"""
     exe = py_spy()
     assert exe is not None
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ def start(pid: int, seconds: float, output: Path, rate: int = 100) -> subprocess
             "raw",
             "--output",
             str(output),
-            "--native",
+            "--gil",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
