@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.callbacks.credentials import CallbackCredentials, verify_webhook_signature
@@ -179,7 +179,8 @@ class CallbackWriter:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 await self._write(batch)
-            except Exception:
+            except Exception as exc:
+                log.warning("callback_batch_failed", size=len(batch), error_type=type(exc).__name__)
                 # Write one by one, so that one bad callback cannot fail its neighbours.
                 for item in batch:
                     await self._write_alone(item)
@@ -266,7 +267,8 @@ class _Plan:
         if self.due:
             await conn.execute(
                 update(Job)
-                .where(Job.id == bindparam("b_id"), Job.status.in_(_ACTIVE))
+                # Spelled out: an IN list cannot be expanded inside an executemany.
+                .where(Job.id == bindparam("b_id"), or_(*(Job.status == s for s in _ACTIVE)))
                 .values(callback_status=bindparam("b_seen"), next_check_at=bindparam("b_due")),
                 [
                     {"b_id": job_id, "b_seen": seen, "b_due": self.now}
