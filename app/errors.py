@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 log = structlog.get_logger(__name__)
@@ -174,7 +175,14 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal_error", "an internal error occurred"), status_code=500)
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    # The client hung up while sending its body: nothing to answer, nothing went wrong here.
+    log.info("client_disconnected")
+    return JSONResponse(error_body("bad_request", "the client disconnected"), status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
