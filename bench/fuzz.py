@@ -24,6 +24,7 @@ and generated webhook URLs name arbitrary hosts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -39,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from app.callbacks.credentials import CallbackCredentials
@@ -81,7 +83,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env(tmp: Path, port: int) -> dict[str, str]:
+def _server_env(tmp: Path, port: int, database_url: str | None = None) -> dict[str, str]:
     """Only what we set: never the developer's `.env` (cwd is the temporary directory),
     never a provider key (sandbox mode), never a proxy (loopback only)."""
     env = {
@@ -91,7 +93,7 @@ def _server_env(tmp: Path, port: int) -> dict[str, str]:
     }
     env.update(
         {
-            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'relay.db'}",
+            "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{tmp / 'relay.db'}",
             "POYO_API_KEY": "",
             "POYO_BASE_URL": "https://api.poyo.ai",
             "SANDBOX_URL": "",
@@ -109,6 +111,31 @@ def _server_env(tmp: Path, port: int) -> dict[str, str]:
         }
     )
     return env
+
+
+def _postgres_admin_url() -> str:
+    url = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _postgres(statement: str) -> None:
+    conn = await asyncpg.connect(_postgres_admin_url(), timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def _postgres_database() -> Iterator[str]:
+    """A fresh database on the server of TEST_POSTGRES_URL, dropped afterwards."""
+    name = f"poyo_relay_fuzz_{secrets.token_hex(6)}"
+    asyncio.run(_postgres(f'CREATE DATABASE "{name}"'))
+    try:
+        admin = _postgres_admin_url()
+        yield "postgresql+asyncpg://" + admin.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(_postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _cli(env: dict[str, str], cwd: Path, *args: str) -> str:
@@ -213,7 +240,10 @@ def _schemathesis(
         *extra,
     ]
     print(f"\n==> schemathesis run {name!r}", flush=True)
-    completed = subprocess.run(command, cwd=workdir, check=False, timeout=1800)
+    env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
+    completed = subprocess.run(
+        command, cwd=workdir, env={**env, "NO_PROXY": "*"}, check=False, timeout=1800
+    )
     result = RunResult(name=name, exit_code=completed.returncode)
     for path in report_dir.glob("*.ndjson"):
         for line in path.read_text().splitlines():
@@ -266,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         help="schemathesis seed, for repeatable runs (FUZZ_SEED)",
     )
     parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default=os.environ.get("FUZZ_DATABASE", "sqlite"),
+        help="sqlite (default): a file in the work directory; postgresql: a fresh database "
+        "on TEST_POSTGRES_URL's server (FUZZ_DATABASE)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -280,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = args.workdir.resolve()
             tmp.mkdir(parents=True, exist_ok=True)
         port = _free_port()
-        env = _server_env(tmp, port)
+        database_url = None
+        if args.database == "postgresql":
+            database_url = stack.enter_context(_postgres_database())
+        env = _server_env(tmp, port, database_url)
         _cli(env, tmp, "migrate")
         key = _cli(env, tmp, "keys", "create", "fuzz").split()[-1]
         server_log = tmp / "server.log"
@@ -344,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = _by_class(statuses)
     print("\n==> fuzz summary")
     print(
-        f"schemathesis seed {args.seed}, at most {args.max_examples} examples per operation "
-        f"and phase; checks: {', '.join(CHECKS)}"
+        f"{args.database}; schemathesis seed {args.seed}, at most {args.max_examples} examples "
+        f"per operation and phase; checks: {', '.join(CHECKS)}"
     )
     for result in results:
         print(_describe(result))

@@ -4,11 +4,13 @@ job-creation rate limit (429 with Retry-After). Over real HTTP, on SQLite and Po
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.conftest import Service, ServiceFactory
 from tests.support import IMAGE_JOB, TEXT_JOB
@@ -289,3 +291,78 @@ async def test_job_creation_rate_limit_per_key(start_service: ServiceFactory) ->
     listed = (await a.get("/v1/jobs", limit=100)).json()["data"]
     mine = {r.json()["id"] for r in created}
     assert mine <= {job["id"] for job in listed}
+
+
+# ---- strange input is refused, never a server error -----------------------------------
+
+
+async def test_nul_characters_are_refused_on_every_backend(service: Service) -> None:
+    """PostgreSQL cannot store U+0000 in text or jsonb; the API refuses it everywhere alike."""
+    client = service.client
+    bodies = {
+        "prompt": _with_input(TEXT_JOB, prompt="a\x00b"),
+        "negative prompt": _with_input(TEXT_JOB, negative_prompt="\x00"),
+        "image URL": _with_input(IMAGE_JOB, image_urls=["https://example.com/\x00.jpg"]),
+        "audio URL": _with_input(TEXT_JOB, audio="https://example.com/a\x00.mp3"),
+        "webhook URL": {**TEXT_JOB, "webhook_url": "https://example.com/\x00"},
+        "metadata value": {**TEXT_JOB, "metadata": {"k": "\x00"}},
+        "metadata key": {**TEXT_JOB, "metadata": {"k\x00": "v"}},
+    }
+    for case, body in bodies.items():
+        response = await client.create_job(body)
+        assert response.status_code == 422, (case, response.text[:300])
+        assert response.json()["error"]["type"] == "invalid_request"
+    assert (await client.get("/v1/jobs")).json()["data"] == []
+    response = await client.get("/v1/jobs", model="a\x00b")
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: app/jobs/queries.py _ms_ceiling() rounds created_after/created_before up to "
+    "the next millisecond with no bound; 9999-12-31T23:59:59.9995Z overflows datetime "
+    "(OverflowError) and the listing answers 500. Fix: return the bound unchanged when "
+    "moment > datetime.max - 1 ms (or refuse year 9999 with 422).",
+)
+async def test_extreme_created_bounds_are_not_server_errors(service: Service) -> None:
+    client = service.client
+    for name in ("created_after", "created_before"):
+        response = await client.get("/v1/jobs", **{name: "9999-12-31T23:59:59.999999Z"})
+        assert response.status_code in (200, 422), (name, response.text)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: app/jobs/queries.py EVENT_CURSOR (^[0-9]{1,19}$) accepts numbers above the "
+    "signed 64-bit event ids; the cursor base64('9'*19) reaches the driver and overflows "
+    "(OverflowError on SQLite, asyncpg range error on PostgreSQL): 500. Fix: in "
+    "list_events, treat a decoded value > 2**63 - 1 as an invalid cursor (422).",
+)
+async def test_out_of_range_event_cursor_is_422(service: Service) -> None:
+    client = service.client
+    job = (await client.create_job(TEXT_JOB)).json()
+    cursor = base64.urlsafe_b64encode(b"9" * 19).decode().rstrip("=")
+    response = await client.get(f"/v1/jobs/{job['id']}/events", cursor=cursor)
+    assert response.status_code == 422, response.text
+
+
+async def test_callbacks_with_nul_characters_are_400(
+    service: Service, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="bug: app/callbacks/service.py stores the parsed task_id and the raw "
+                "body in the jsonb `data` of a job_events row; a task_id holding U+0000, or a "
+                "body with a NUL byte, makes PostgreSQL refuse the insert and the callback "
+                "answers 500. Fix: in _parse(), refuse a task_id containing '\\x00' (400 "
+                "'body has no valid task_id'); store `raw` with NULs replaced (e.g. "
+                "body.replace(b'\\x00', b'\\\\u0000')) before decoding.",
+            )
+        )
+    job = (await service.client.create_job(TEXT_JOB)).json()
+    url = service.runtime.credentials.url(job["id"])
+    for body in (b'{"task_id": "task\\u0000x", "status": "finished"}', b'{"task_id": "t"}\x00'):
+        response = await service.client.http.post(url, content=body)
+        assert response.status_code == 400, (body, response.text)

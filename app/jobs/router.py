@@ -12,6 +12,7 @@ from app.deps import CallerDep, RuntimeDep
 from app.errors import error_responses
 from app.jobs import queries
 from app.jobs.schemas import (
+    NO_NUL_PATTERN,
     EventList,
     JobCreate,
     JobList,
@@ -78,7 +79,7 @@ async def list_jobs(
     runtime: RuntimeDep,
     caller: CallerDep,
     status: JobStatus | None = None,
-    model: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
     created_after: Annotated[datetime | None, Query(description="inclusive")] = None,
     created_before: Annotated[datetime | None, Query(description="exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.catalog.fields import HttpUrl
 from app.jobs.models import Job, JobEvent
@@ -14,10 +14,35 @@ from app.timeutil import isoformat_z
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
+# PostgreSQL cannot store U+0000 in text or jsonb: refused up front, on every backend alike.
+NO_NUL_PATTERN = r"^[^\x00]*$"
 
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
-MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS, pattern=NO_NUL_PATTERN)
+]
+MetadataValue = Annotated[
+    str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS, pattern=NO_NUL_PATTERN)
+]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """Where a string (or key) inside `value` holds U+0000, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return path
+            found = _nul_at(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
 
 
 class JobCreate(BaseModel):
@@ -29,6 +54,14 @@ class JobCreate(BaseModel):
     input: dict[str, Any]
     metadata: Metadata = Field(default_factory=dict)
     webhook_url: HttpUrl | None = None
+
+    @field_validator("input", "webhook_url")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        found = _nul_at(value, "value")
+        if found:
+            raise ValueError(f"must not contain the NUL character (U+0000), found at {found}")
+        return value
 
 
 JOB_ID_PATTERN = r"^job_[0-9a-z]{26}$"
