@@ -8,21 +8,25 @@ import time
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import RateLimitWindow
-from app.db import Database
 from app.errors import RateLimited
 
 WINDOW_SECONDS = 60
 
 
-async def charge(db: Database, *, key_id: str, limit: int) -> None:
-    """Count one job creation for `key_id`; 429 with Retry-After once over `limit` a minute."""
+async def charge(session: AsyncSession, *, key_id: str, limit: int) -> None:
+    """Count one job creation for `key_id`; 429 with Retry-After once over `limit` a minute.
+
+    Runs in the caller's transaction, so a refused creation is not counted and a counted
+    one is committed together with its job.
+    """
     if limit <= 0:
         return
     now = time.time()
     window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-    insert = sqlite_insert if db.is_sqlite else pg_insert
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
     statement = (
         insert(RateLimitWindow)
         .values(key_id=key_id, window_start=window, count=1)
@@ -32,14 +36,13 @@ async def charge(db: Database, *, key_id: str, limit: int) -> None:
         )
         .returning(RateLimitWindow.count)
     )
-    async with db.write() as session:
-        count = (await session.execute(statement)).scalar_one()
-        if count == 1:
-            await session.execute(
-                delete(RateLimitWindow).where(
-                    RateLimitWindow.key_id == key_id, RateLimitWindow.window_start < window
-                )
+    count = (await session.execute(statement)).scalar_one()
+    if count == 1:
+        await session.execute(
+            delete(RateLimitWindow).where(
+                RateLimitWindow.key_id == key_id, RateLimitWindow.window_start < window
             )
+        )
     if count > limit:
         retry_after = max(1, math.ceil(window + WINDOW_SECONDS - now))
         raise RateLimited(

@@ -99,10 +99,6 @@ class JobService:
             replay = await self._replay(caller, idempotency_key, fingerprint)
             if replay is not None:
                 return replay, False
-        if caller.key_id is not None:
-            await charge(
-                self.db, key_id=caller.key_id, limit=self.settings.rate_limit_jobs_per_minute
-            )
         lease_owner = f"api:{self.instance_id}"
         try:
             job = await self._insert(
@@ -167,6 +163,10 @@ class JobService:
             lease_expires_at=now + lease,
         )
         async with self.db.write() as session:
+            if caller.key_id is not None:
+                await charge(
+                    session, key_id=caller.key_id, limit=self.settings.rate_limit_jobs_per_minute
+                )
             if idempotency_key:
                 await self._expire_key(session, caller.owner, idempotency_key)
             session.add(job)
