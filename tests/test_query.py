@@ -374,4 +374,8 @@ async def test_events_are_the_audit_trail_oldest_first(
             break
     assert paged == events
     await assert_422(service, f"/v1/jobs/{job['id']}/events", cursor="nonsense")
+    for number in ("9" * 19, str(2**63), "-1"):
+        # Numbers beyond any event id are invalid cursors, not driver overflows.
+        cursor = base64.urlsafe_b64encode(number.encode()).rstrip(b"=").decode()
+        await assert_422(service, f"/v1/jobs/{job['id']}/events", cursor=cursor)
     await assert_422(service, f"/v1/jobs/{job['id']}/events", limit=0)

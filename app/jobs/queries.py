@@ -43,17 +43,21 @@ def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         value = ""
     if not pattern.match(value):
-        raise InvalidRequest(
-            "invalid cursor",
-            details=[
-                {
-                    "loc": ["query", "cursor"],
-                    "msg": "not a cursor this API returned",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise _invalid_cursor()
     return value
+
+
+def _invalid_cursor() -> InvalidRequest:
+    return InvalidRequest(
+        "invalid cursor",
+        details=[
+            {
+                "loc": ["query", "cursor"],
+                "msg": "not a cursor this API returned",
+                "type": "value_error",
+            }
+        ],
+    )
 
 
 def _ms_ceiling(moment: datetime) -> datetime:
@@ -103,6 +107,7 @@ async def list_jobs(
 
 
 EVENT_CURSOR = re.compile(r"^[0-9]{1,19}$")
+MAX_EVENT_ID = 2**63 - 1  # event ids are signed 64-bit integers
 
 
 async def list_events(
@@ -112,7 +117,10 @@ async def list_events(
     await get_job(db, caller=caller, job_id=job_id)
     query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(limit + 1)
     if cursor is not None:
-        query = query.where(JobEvent.id > int(decode_cursor(cursor, EVENT_CURSOR)))
+        after = int(decode_cursor(cursor, EVENT_CURSOR))
+        if after > MAX_EVENT_ID:
+            raise _invalid_cursor()
+        query = query.where(JobEvent.id > after)
     async with db.read() as session:
         events = list((await session.execute(query)).scalars())
     if len(events) > limit:
