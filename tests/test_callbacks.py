@@ -185,6 +185,33 @@ async def test_unreadable_body_or_another_task_is_400(
     assert provider.status_calls() == []
 
 
+NUL_BUG = (
+    "bug: app/callbacks/service.py stores the raw body (_record_rejection) and the claimed "
+    "task_id (_store, 'callback.rejected' event) in a JSONB column as they are; PostgreSQL "
+    "refuses strings containing U+0000, so the callback gets a 500 instead of 400. "
+    "Fix: replace NUL with U+FFFD before storing (raw and task_id), or refuse task ids with "
+    "control characters in _parse()."
+)
+
+
+async def test_nul_characters_in_a_callback_are_a_400_not_a_crash(
+    relay: Service, provider: ProviderStandIn, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NUL_BUG))
+    job, task_id = await queued_job(relay)
+    before = await relay.client.job(job["id"])
+    for body in (
+        b"\x00\x01 not json",  # a raw NUL byte: not JSON
+        b'{"task_id": "' + task_id.encode() + b'", "status": "finished", "x": "\x00"}',
+        b'{"task_id": "task\\u0000other", "status": "finished"}',  # another task, escaped NUL
+    ):
+        response = await send(relay, job["id"], body)
+        assert response.status_code == 400, (body, response.text)
+        assert_error(response, 400)
+    assert await relay.client.job(job["id"]) == before
+
+
 # ---- size ----------------------------------------------------------------------------------
 
 
@@ -352,6 +379,32 @@ async def test_failure_message_comes_from_the_status_endpoint(
     assert done["status"] == "failed"
     assert done["error"]["message"] == "content policy violation"
     assert done["outputs"] == []
+
+
+async def test_unstorable_provider_answers_do_not_wedge_the_job(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    # A failure message with U+0000 (PostgreSQL cannot store it) is kept, made storable.
+    job, task_id = await queued_job(relay)
+    provider.set_task(task_id, "failed", error_message="policy\u0000violation")
+    assert (await send(relay, job["id"], wrap(view(task_id, "failed")))).status_code == 200
+    failed = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
+    assert failed["status"] == "failed"
+    assert failed["error"]["message"] == "policy\ufffdviolation"
+
+    # An output that is not an http(s) URL is never handed to the client as a result.
+    job, task_id = await queued_job(relay)
+    bad = [{"file_url": "javascript:alert(document.cookie)", "file_type": "video"}]
+    provider.set_task(task_id, "finished", files=bad)
+    assert (await send(relay, job["id"], wrap(view(task_id, "finished")))).status_code == 200
+    events = await eventually(
+        lambda: relay.client.events(job["id"]),
+        lambda evs: "provider.poll_failed" in types_of(evs),
+    )
+    assert "provider.polled" not in types_of(events)
+    shown = await relay.client.job(job["id"])
+    assert shown["status"] == "queued"
+    assert shown["outputs"] == []
 
 
 # ---- stored before answering, duplicates, late and out of order ------------------------------

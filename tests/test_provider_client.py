@@ -165,6 +165,45 @@ async def test_unknown_extra_fields_are_tolerated(
     assert (await client.status("task-unified-1")).progress == 40
 
 
+async def test_nul_in_provider_text_is_replaced(
+    client: PoyoClient, provider: ProviderStandIn
+) -> None:
+    # PostgreSQL text and JSONB cannot hold U+0000: what the provider says must be storable.
+    provider.status_hook = script(status_of(status="failed", error_message="policy\u0000block"))
+    status = await client.status("task-unified-1")
+    assert status.error_message == "policy\ufffdblock"
+
+
+@pytest.mark.parametrize(
+    "file_url",
+    [
+        "javascript:alert(1)",
+        "ftp://cdn.example.com/out.mp4",
+        "/relative/out.mp4",
+        "https://cdn.example.com/a\u0000.mp4",
+        "https://cdn.example.com/a b.mp4",
+        "",
+    ],
+)
+async def test_output_urls_must_be_http(
+    client: PoyoClient, provider: ProviderStandIn, file_url: str
+) -> None:
+    files = [{"file_url": file_url, "file_type": "video"}]
+    provider.status_hook = script(status_of(status="finished", progress=100, files=files))
+    with pytest.raises(ProviderUnavailable):
+        await client.status("task-unified-1")
+
+
+@pytest.mark.parametrize("task_id", ["task\u0000x", "task\nx", "   "])
+async def test_unstorable_task_ids_are_refused(
+    client: PoyoClient, provider: ProviderStandIn, task_id: str
+) -> None:
+    provider.submit_hook = script(submitted(task_id))
+    with pytest.raises(ProviderUnavailable) as caught:
+        await submit(client)
+    assert caught.value.ambiguous is True
+
+
 # ---- provider errors ---------------------------------------------------------------------
 
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.jobs.states import ProviderStatus
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text and JSONB cannot hold U+0000: keep the text, replace the NUL."""
+    return value.replace("\x00", "\ufffd")
+
+
+def _output_url(value: str) -> str:
+    """An output is handed to clients as a link: only a plain http(s) URL will do."""
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if not sep or scheme.lower() not in ("http", "https") or not host:
+        raise ValueError("file_url must be an http(s) URL with a host")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("file_url must not contain spaces or control characters")
+    return value
+
+
+# Task ids go into URLs and a unique column: no spaces or control characters.
+TaskId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f\x7f]+$")]
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class _Lenient(BaseModel):
@@ -14,12 +35,12 @@ class _Lenient(BaseModel):
 
 
 class ProviderFile(_Lenient):
-    file_url: str = Field(max_length=4096)
-    file_type: str = Field(default="video", max_length=32)
+    file_url: Annotated[str, AfterValidator(_output_url)] = Field(max_length=4096)
+    file_type: Text = Field(default="video", max_length=32)
 
 
 class SubmittedTask(_Lenient):
-    task_id: str = Field(min_length=1, max_length=128)
+    task_id: TaskId
     status: ProviderStatus = ProviderStatus.NOT_STARTED
     created_time: str | None = None
 
@@ -27,12 +48,12 @@ class SubmittedTask(_Lenient):
 class TaskStatus(_Lenient):
     """A task as the status endpoint (or a callback) describes it."""
 
-    task_id: str = Field(min_length=1, max_length=128)
+    task_id: TaskId
     status: ProviderStatus
     progress: int | None = Field(default=None, ge=0, le=100)
     files: list[ProviderFile] | None = Field(default=None, max_length=32)
     created_time: str | None = None
-    error_message: str | None = Field(default=None, max_length=4096)
+    error_message: Text | None = Field(default=None, max_length=4096)
 
     def outputs(self) -> list[dict[str, Any]]:
         return [
