@@ -243,6 +243,22 @@ async def _count(provider: ProviderStandIn) -> int:
     return len(provider.submits())
 
 
+async def test_absurd_retry_after_leaves_the_job_pending(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    for value in ("inf", "1e12"):
+
+        async def limited(_call: Call, value: str = value) -> Response:
+            response = poyo_error(429, "slow down", "rate_limit_error")
+            response.headers["Retry-After"] = value
+            return response
+
+        provider.submit_hook = limited
+        response = await relay.client.create_job(IMAGE_JOB)
+        assert response.status_code == 201, (value, response.text)
+        assert response.json()["status"] == "pending"
+
+
 async def test_provider_timeout_leaves_the_job_pending_without_resubmitting(
     start_service: ServiceFactory, provider: ProviderStandIn
 ) -> None:

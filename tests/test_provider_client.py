@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from starlette.responses import JSONResponse, Response
@@ -283,6 +285,33 @@ async def test_long_retry_after_is_not_waited_inline(
     assert caught.value.retry_after == 120
     assert caught.value.http_status == 429
     assert len(provider.submits()) == 1
+
+
+@pytest.mark.parametrize("value", ["inf", "1e12", "nan", "-5", "soon", ""])
+async def test_unusable_retry_after_is_bounded_or_ignored(
+    client: PoyoClient, provider: ProviderStandIn, value: str
+) -> None:
+    limited = poyo_error(429, "slow down", "rate_limit_error")
+    limited.headers["Retry-After"] = value
+    provider.submit_hook = script(limited)
+    with pytest.raises(ProviderUnavailable) as caught:
+        await submit(client)
+    retry_after = caught.value.retry_after
+    # Whatever the header says, the delay is a finite, non-negative number of seconds
+    # that a datetime can be moved by (or absent).
+    assert retry_after is None or 0 <= retry_after <= 86_400, retry_after
+
+
+async def test_retry_after_as_an_http_date(client: PoyoClient, provider: ProviderStandIn) -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    limited = poyo_error(429, "slow down", "rate_limit_error")
+    limited.headers["Retry-After"] = later
+    provider.submit_hook = script(limited)
+    with pytest.raises(ProviderUnavailable) as caught:
+        await submit(client)
+    assert caught.value.retry_after is not None
+    assert 100 <= caught.value.retry_after <= 121
+    assert len(provider.submits()) == 1  # two minutes is too long to wait inline
 
 
 # ---- timeouts, garbage, no connection ----------------------------------------------------
