@@ -57,6 +57,20 @@ class SecretRedactor:
 
 REDACTOR = SecretRedactor()
 
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, not when logging was
+    configured: test runners and embedding applications replace it."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 # uvicorn passes an ANSI-coloured copy of its message as an extra; it is noise in JSON.
 _NOISE = ("color_message",)
 
@@ -92,7 +106,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
