@@ -2,8 +2,9 @@
 
 Tasks move not_started → running → finished (or failed) on a clock, and when they end
 the simulator really POSTs the callback to the task's callback URL. Faults (errors, 429,
-slow or reset connections, garbage bodies, dropped, duplicated, delayed or reordered
-callbacks) are drawn from a seeded random generator, so runs can be repeated.
+slow or reset connections, garbage bodies, answers delayed or lost after a task was
+accepted, dropped, duplicated, delayed or reordered callbacks) are drawn from a seeded
+random generator, so runs can be repeated.
 
 Operators drive it over HTTP: `PATCH /_sandbox/faults`, `GET /_sandbox/stats`,
 `GET /_sandbox/tasks`, `POST /_sandbox/reset`.
@@ -56,6 +57,11 @@ class Faults(BaseModel):
     slow_rate: float = Field(default=0, ge=0, le=1)
     slow_seconds: float = Field(default=2.0, ge=0, le=600)
     reset_rate: float = Field(default=0, ge=0, le=1)
+    # Faults after a submission was accepted: the task exists (and will call back), but
+    # the answer is late (`slow_seconds`) or never arrives whole: the window in which a
+    # client cannot know whether it started a paid task.
+    slow_after_accept_rate: float = Field(default=0, ge=0, le=1)
+    reset_after_accept_rate: float = Field(default=0, ge=0, le=1)
     garbage_rate: float = Field(default=0, ge=0, le=1)
     drop_callback_rate: float = Field(default=0, ge=0, le=1)
     duplicate_callback_rate: float = Field(default=0, ge=0, le=1)
@@ -290,6 +296,10 @@ def create_simulator(
             delivery = asyncio.create_task(_deliver(state, task))
             state.pending.add(delivery)
             delivery.add_done_callback(state.pending.discard)
+        if state.roll(state.faults.slow_after_accept_rate, "submit.slow_after_accept"):
+            await asyncio.sleep(state.faults.slow_seconds)
+        if state.roll(state.faults.reset_after_accept_rate, "submit.reset_after_accept"):
+            return _Reset()
         view = task.view(loop.time())
         return JSONResponse(
             {"code": 200, "data": {k: view[k] for k in ("task_id", "status", "created_time")}}
@@ -328,10 +338,12 @@ def create_simulator(
     @app.get("/_sandbox/stats")
     async def stats() -> dict[str, Any]:
         per_job = Counter(task.job_id for task in state.tasks.values() if task.job_id)
+        repeated = sorted(job_id for job_id, n in per_job.items() if n > 1)
         return {
             "tasks": len(state.tasks),
             "jobs": len(per_job),
-            "jobs_with_multiple_tasks": sum(1 for n in per_job.values() if n > 1),
+            "jobs_with_multiple_tasks": len(repeated),
+            "multiple_task_job_ids": repeated[:100],
             "faults_injected": dict(state.injected),
             "callback_deliveries": dict(state.deliveries),
             "pending_callbacks": len(state.pending),
