@@ -93,7 +93,7 @@ def serve(
         workers=workers,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=7,
         log_level=settings.log_level.lower(),
     )
 

@@ -17,6 +17,7 @@ from app.catalog.router import router as models_router
 from app.config import SANDBOX_MOUNT_PATH, Settings, SettingsError, get_settings
 from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
+from app.lifecycle import on_termination
 from app.logs import REDACTOR, configure_logging
 from app.middleware import BodySizeLimit, RequestContext
 from app.openapi import install_openapi
@@ -72,10 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             provider=settings.provider_base_url,
         )
         try:
-            yield
+            with on_termination(worker.request_stop if worker else lambda: None):
+                yield
         finally:
             if worker is not None:
-                await worker.stop()
+                # It stopped claiming when the signal came; what is still running by the end
+                # of the connection drain is cancelled and its leases released.
+                await worker.stop(grace_seconds=1.0)
             if simulator is not None:
                 await simulator.state.simulator.aclose()
             await runtime.close()

@@ -82,6 +82,7 @@ class Runtime:
         return cls(settings, db, provider, credentials, jobs, callbacks, webhooks, wakeup, instance)
 
     async def close(self) -> None:
+        await self.jobs.drain()
         await self.provider.aclose()
         await self.webhooks.aclose()
         await self.db.dispose()

@@ -185,20 +185,9 @@ async def test_unreadable_body_or_another_task_is_400(
     assert provider.status_calls() == []
 
 
-NUL_BUG = (
-    "bug: app/callbacks/service.py stores the raw body (_record_rejection) and the claimed "
-    "task_id (_store, 'callback.rejected' event) in a JSONB column as they are; PostgreSQL "
-    "refuses strings containing U+0000, so the callback gets a 500 instead of 400. "
-    "Fix: replace NUL with U+FFFD before storing (raw and task_id), or refuse task ids with "
-    "control characters in _parse()."
-)
-
-
 async def test_nul_characters_in_a_callback_are_a_400_not_a_crash(
-    relay: Service, provider: ProviderStandIn, backend: str, request: pytest.FixtureRequest
+    relay: Service, provider: ProviderStandIn
 ) -> None:
-    if backend == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NUL_BUG))
     job, task_id = await queued_job(relay)
     before = await relay.client.job(job["id"])
     for body in (
@@ -530,16 +519,6 @@ def _never_answering(provider: ProviderStandIn) -> Any:
     return hook
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/callbacks/service.py records a callback's claimed status in "
-    "jobs.callback_status before it is confirmed, and _classify() dedupes later callbacks "
-    "against that claim. When the status endpoint does not (yet) confirm a 'finished' "
-    "claim, the provider's genuine 'finished' callback is then answered 'duplicate' and "
-    "asks for no check, so the job stays running until reconcile_after_seconds (300 s). "
-    "Fix: dedupe against the confirmed provider_status (or clear callback_status when the "
-    "confirmation disagrees) so a later claim asks for a new check.",
-)
 async def test_genuine_callback_after_an_unconfirmed_claim_still_completes_the_job(
     relay: Service, provider: ProviderStandIn
 ) -> None:

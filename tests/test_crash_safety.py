@@ -331,12 +331,6 @@ async def test_unknown_outcome_is_linked_by_the_callback_not_resubmitted(
     assert types.index("callback.received") < types.index("provider.task_linked")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: JobService._record_submission drops the provider's task id when the "
-    "submitter's lease has lapsed (compare-and-set on lease_owner), so a slow but "
-    "successful submission is submitted again after the grace",
-)
 async def test_a_provider_answer_that_outlives_the_lease_is_still_recorded(
     start_service: ServiceFactory, simulator: Simulator
 ) -> None:
@@ -361,12 +355,6 @@ async def test_a_provider_answer_that_outlives_the_lease_is_still_recorded(
     assert done["provider"]["task_id"] == task["task_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: JobService._record_submission moves the job to the status the submit "
-    "answer names, so an answer saying `finished` makes it succeeded with no outputs and "
-    "no confirmation from the status endpoint",
-)
 async def test_a_late_submit_answer_saying_finished_is_confirmed_before_success(
     start_service: ServiceFactory, simulator: Simulator
 ) -> None:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import pytest
 
 from tests.conftest import Service, ServiceFactory
 from tests.support import IMAGE_JOB, TEXT_JOB
@@ -317,13 +316,6 @@ async def test_nul_characters_are_refused_on_every_backend(service: Service) -> 
     assert response.status_code == 422, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/jobs/queries.py _ms_ceiling() rounds created_after/created_before up to "
-    "the next millisecond with no bound; 9999-12-31T23:59:59.9995Z overflows datetime "
-    "(OverflowError) and the listing answers 500. Fix: return the bound unchanged when "
-    "moment > datetime.max - 1 ms (or refuse year 9999 with 422).",
-)
 async def test_extreme_created_bounds_are_not_server_errors(service: Service) -> None:
     client = service.client
     for name in ("created_after", "created_before"):
@@ -331,13 +323,6 @@ async def test_extreme_created_bounds_are_not_server_errors(service: Service) ->
         assert response.status_code in (200, 422), (name, response.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/jobs/queries.py EVENT_CURSOR (^[0-9]{1,19}$) accepts numbers above the "
-    "signed 64-bit event ids; the cursor base64('9'*19) reaches the driver and overflows "
-    "(OverflowError on SQLite, asyncpg range error on PostgreSQL): 500. Fix: in "
-    "list_events, treat a decoded value > 2**63 - 1 as an invalid cursor (422).",
-)
 async def test_out_of_range_event_cursor_is_422(service: Service) -> None:
     client = service.client
     job = (await client.create_job(TEXT_JOB)).json()
@@ -346,21 +331,7 @@ async def test_out_of_range_event_cursor_is_422(service: Service) -> None:
     assert response.status_code == 422, response.text
 
 
-async def test_callbacks_with_nul_characters_are_400(
-    service: Service, backend: str, request: pytest.FixtureRequest
-) -> None:
-    if backend == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: app/callbacks/service.py stores the parsed task_id and the raw "
-                "body in the jsonb `data` of a job_events row; a task_id holding U+0000, or a "
-                "body with a NUL byte, makes PostgreSQL refuse the insert and the callback "
-                "answers 500. Fix: in _parse(), refuse a task_id containing '\\x00' (400 "
-                "'body has no valid task_id'); store `raw` with NULs replaced (e.g. "
-                "body.replace(b'\\x00', b'\\\\u0000')) before decoding.",
-            )
-        )
+async def test_callbacks_with_nul_characters_are_400(service: Service) -> None:
     job = (await service.client.create_job(TEXT_JOB)).json()
     url = service.runtime.credentials.url(job["id"])
     for body in (b'{"task_id": "task\\u0000x", "status": "finished"}', b'{"task_id": "t"}\x00'):

@@ -200,11 +200,6 @@ async def test_sigterm_to_serve_drains_requests_and_worker(
     assert (await simulator.stats())["tasks"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the embedded worker keeps claiming during uvicorn's connection drain; "
-    "it is told to stop only in the lifespan shutdown, after the drain",
-)
 async def test_serve_stops_claiming_as_soon_as_it_is_told_to_stop(
     tmp_path: Path,
     database_url: str,
@@ -233,12 +228,6 @@ async def test_serve_stops_claiming_as_soon_as_it_is_told_to_stop(
     assert job.lease_owner is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `poyo-relay serve` drains requests for 5 s (timeout_graceful_shutdown in "
-    "app/cli.py) and only then stops the worker (3 s, app/main.py lifespan): a request "
-    "that needs 7 s is cut off with a 500 although the 10 s budget had room for it",
-)
 async def test_serve_answers_a_request_that_fits_the_shutdown_budget(
     tmp_path: Path,
     database_url: str,
@@ -267,12 +256,6 @@ async def test_serve_answers_a_request_that_fits_the_shutdown_budget(
     assert (await stored(db, background)).status == "pending"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a POST /v1/jobs cancelled by the shutdown keeps the API's lease on its "
-    "job (JobService.create does not release it on cancellation); the job waits for "
-    "WORKER_LEASE_SECONDS before anyone may touch it",
-)
 async def test_serve_releases_the_lease_of_a_request_cut_off_by_the_drain(
     tmp_path: Path,
     database_url: str,
@@ -329,8 +312,6 @@ async def start_worker(
     "provider_seconds", [1.5, 20], ids=["finishes-in-grace", "released-after-grace"]
 )
 async def test_sigterm_to_worker_finishes_or_releases_its_jobs(
-    request: pytest.FixtureRequest,
-    backend: str,
     provider_seconds: float,
     tmp_path: Path,
     database_url: str,
@@ -339,16 +320,6 @@ async def test_sigterm_to_worker_finishes_or_releases_its_jobs(
     children: list[Child],
     start_service: ServiceFactory,
 ) -> None:
-    if backend == "sqlite" and provider_seconds > 8:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: ClaimLoop.run_once gathers its handlers without "
-                "return_exceptions, so on cancellation the first handler to finish ends "
-                "the worker while the others still wait (SQLite: one writer) to release "
-                "their leases; asyncio.run then cancels those releases",
-            )
-        )
     api = await start_service(run_worker=False)  # receives the provider's callbacks
     child = await start_worker(tmp_path, database_url, simulator, api.url)
     children.append(child)

@@ -58,7 +58,11 @@ def _parse(body: bytes) -> _Claim:
     if not isinstance(payload, dict):
         raise _Rejected(CallbackResult(400, "rejected_body", "body is not a JSON object"))
     task_id = payload.get("task_id")
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID_CHARS:
+    if (
+        not isinstance(task_id, str)
+        or not 0 < len(task_id) <= MAX_TASK_ID_CHARS
+        or "\x00" in task_id
+    ):
         raise _Rejected(CallbackResult(400, "rejected_body", "body has no valid task_id"))
     raw_status = payload.get("status")
     try:
@@ -83,6 +87,11 @@ def _classify(job_status: str, seen: str | None, claim: _Claim) -> tuple[str, st
     if provider_rank(claim.status) < seen_rank:
         return "callback.ignored", f"stale: {claim.status.value} after {seen}"
     return None
+
+
+def _printable(body: bytes) -> str:
+    """The raw body as text that any database can store (PostgreSQL refuses U+0000)."""
+    return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 class CallbackService:
@@ -236,7 +245,7 @@ class _Plan:
             "task_id": claim.task_id if claim else None,
             "status": claim.status.value if claim and claim.status else None,
             "signed": item.signed,
-            "raw": item.body.decode("utf-8", errors="replace"),
+            "raw": _printable(item.body),
         }
         if (
             item.rejection is None

@@ -55,6 +55,23 @@ async def change_status(
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
+async def record_task(
+    session: AsyncSession, *, job_id: str, target: JobStatus, values: dict[str, Any]
+) -> bool:
+    """Compare-and-set a pending job that has no provider task yet to `target`."""
+    result = await session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.PENDING.value,
+            Job.provider_task_id.is_(None),
+        )
+        .values(status=target.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
 async def update_held(
     session: AsyncSession, *, job_id: str, lease_owner: str, values: dict[str, Any]
 ) -> bool:

@@ -6,6 +6,7 @@ it. The provider is never called inside a database transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from app.jobs.states import (
     can_transition,
     from_provider,
     is_terminal,
+    provider_rank,
 )
 from app.metrics import JOB_DURATION, JOBS_CREATED, JOBS_FINISHED
 from app.provider.client import PoyoClient, ProviderError, ProviderRejected, ProviderUnavailable
@@ -85,6 +87,14 @@ class JobService:
         self.provider = provider
         self.callback_url_for = callback_url_for
         self.instance_id = instance_id
+        self._submitting: set[asyncio.Task[Any]] = set()
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Let requests cut off by a shutdown hand their jobs over before the pool closes."""
+        for tasks in (self._submitting, self._finishing):
+            if tasks:
+                await asyncio.wait(list(tasks), timeout=2.0)
 
     # ---- creation ------------------------------------------------------------------
 
@@ -112,10 +122,33 @@ class JobService:
                 raise
             return replay, False
         JOBS_CREATED.labels(job.model).inc()
-        await self.submit(job=job, lease_owner=lease_owner)
+        request = asyncio.current_task()
+        if request is not None:
+            self._submitting.add(request)
+        try:
+            await self.submit(job=job, lease_owner=lease_owner)
+        except asyncio.CancelledError:
+            # Shutting down mid-submission: hand the job to the worker now rather than
+            # when the lease runs out. Its outcome is unknown, so it is treated as such.
+            hand_over = asyncio.create_task(self._hand_over(job, lease_owner))
+            self._finishing.add(hand_over)
+            hand_over.add_done_callback(self._finishing.discard)
+            await asyncio.shield(hand_over)
+            raise
+        finally:
+            self._submitting.discard(request)
         async with self.db.read() as session:
             fresh = await repo.get_job(session, job.id)
         return (fresh or job), True
+
+    async def _hand_over(self, job: Job, lease_owner: str) -> None:
+        async with self.db.write() as session:
+            await repo.update_held(
+                session,
+                job_id=job.id,
+                lease_owner=lease_owner,
+                values={"lease_owner": None, "lease_expires_at": None, "next_check_at": utcnow()},
+            )
 
     async def _replay(self, caller: Caller, key: str, fingerprint: str | None) -> Job | None:
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
@@ -214,23 +247,26 @@ class JobService:
             await self._record_submission(job, lease_owner, task)
 
     async def _record_submission(self, job: Job, lease_owner: str, task: SubmittedTask) -> None:
+        """Record an accepted task. Even if our lease lapsed meanwhile, a task the provider
+        accepted for a job that has none is this job's: recording it prevents a second one."""
         now = utcnow()
         target = from_provider(task.status)
+        next_check = self._next_reconcile(now, now)
+        if is_terminal(target):
+            # A submit answer is not a confirmation: only the status endpoint ends a job.
+            target, next_check = JobStatus.QUEUED, now
         async with self.db.write() as session:
-            changed = await repo.change_status(
+            changed = await repo.record_task(
                 session,
                 job_id=job.id,
                 target=target,
-                lease_owner=lease_owner,
                 values={
                     "provider_task_id": task.task_id,
                     "provider_status": task.status.value,
                     "submitted_at": now,
                     "updated_at": now,
                     "submit_started_at": None,
-                    "next_check_at": self._recheck_unless_new_callback(
-                        job, self._next_reconcile(now, now), now
-                    ),
+                    "next_check_at": self._recheck_unless_new_callback(job, next_check, now),
                     "lease_owner": None,
                     "lease_expires_at": None,
                 },
@@ -423,6 +459,19 @@ class JobService:
         now = utcnow()
         current = JobStatus(job.status)
         target, values = self._confirmed(job, status, now)
+        next_check = self._next_reconcile(now, job.submitted_at or now)
+        if job.callback_status and provider_rank(ProviderStatus(job.callback_status)) > (
+            provider_rank(status.status)
+        ):
+            # A callback claimed more than the provider confirms (a forgery, or a status
+            # endpoint lagging behind its callbacks): forget the claim, so the next callback
+            # is heard, and look again soon.
+            attempts = (job.poll_attempts or 0) + 1
+            values |= {"callback_status": status.status.value, "poll_attempts": attempts}
+            delay = backoff_delay(
+                attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
+            )
+            next_check = min(next_check, now + timedelta(seconds=delay))
         async with self.db.write() as session:
             await repo.add_event(
                 session,
@@ -444,7 +493,7 @@ class JobService:
                     now=now,
                 )
             moved = can_transition(current, target) and await self._move(
-                session, job, current, target, values, now, lease_owner
+                session, job, current, target, values, now, lease_owner, next_check
             )
             if not moved and deadline_passed:
                 error = {
@@ -453,10 +502,7 @@ class JobService:
                 }
                 moved = await self._fail(session, job, error, now, lease_owner=lease_owner)
             if not moved:
-                submitted = job.submitted_at or now
-                await self._hold_release(
-                    session, job, lease_owner, now, values, self._next_reconcile(now, submitted)
-                )
+                await self._hold_release(session, job, lease_owner, now, values, next_check)
 
     @staticmethod
     def _confirmed(job: Job, status: TaskStatus, now: datetime) -> tuple[JobStatus, dict[str, Any]]:
@@ -498,15 +544,13 @@ class JobService:
         values: dict[str, Any],
         now: datetime,
         lease_owner: str,
+        next_check: datetime,
     ) -> bool:
         values = dict(values) | {"updated_at": now}
         if is_terminal(target):
             values |= {"completed_at": now, "next_check_at": self._webhook_due(job, now)}
         else:
-            submitted = job.submitted_at or now
-            values["next_check_at"] = self._recheck_unless_new_callback(
-                job, self._next_reconcile(now, submitted), now
-            )
+            values["next_check_at"] = self._recheck_unless_new_callback(job, next_check, now)
         values |= {"lease_owner": None, "lease_expires_at": None}
         changed = await repo.change_status(
             session, job_id=job.id, target=target, values=values, lease_owner=lease_owner

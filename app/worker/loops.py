@@ -69,8 +69,15 @@ class ClaimLoop:
     async def run_once(self) -> int:
         """One pass: how many jobs were handled."""
         job_ids = await self.claim()
-        if job_ids:
-            await asyncio.gather(*(self._handle(job_id) for job_id in job_ids))
+        handlers = [asyncio.create_task(self._handle(job_id)) for job_id in job_ids]
+        try:
+            await asyncio.gather(*handlers)
+        except asyncio.CancelledError:
+            # Stopping: the handlers were cancelled with us and are releasing their leases;
+            # the loop ends only when every one of them has (cancelling them again would
+            # abandon those releases).
+            await asyncio.gather(*handlers, return_exceptions=True)
+            raise
         return len(job_ids)
 
     async def _handle(self, job_id: str) -> None:

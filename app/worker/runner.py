@@ -63,10 +63,14 @@ class Worker:
             busy |= handled >= self.runtime.settings.worker_batch_size
         return busy
 
-    async def stop(self, grace_seconds: float = 3.0) -> None:
-        """Stop claiming; let in-flight jobs finish for a while, then release their leases."""
+    def request_stop(self) -> None:
+        """Stop claiming new work; what is in flight goes on. Safe from a signal handler."""
         self._stopping.set()
         self.runtime.wakeup.notify()
+
+    async def stop(self, grace_seconds: float = 3.0) -> None:
+        """Stop claiming; let in-flight jobs finish for a while, then release their leases."""
+        self.request_stop()
         task = self._task
         if task is None or task.done():
             return
