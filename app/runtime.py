@@ -17,22 +17,20 @@ from app.webhooks.service import WebhookSender
 
 
 class Wakeup:
-    """Lets a callback wake the in-process worker at once instead of at its next poll."""
+    """Lets a callback wake the in-process worker's loops at once, not at their next poll."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._subscribers: list[asyncio.Event] = []
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set by every later notify(); its owner clears it before looking for work."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
 
     def notify(self) -> None:
-        self._event.set()
-
-    async def wait(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            return False
-        finally:
-            self._event.clear()
-        return True
+        for event in self._subscribers:
+            event.set()
 
 
 def instance_id() -> str:

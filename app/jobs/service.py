@@ -316,7 +316,9 @@ class JobService:
                 },
                 now=now,
             )
-            if attempts >= self.settings.submit_max_attempts:
+            if attempts >= self.settings.submit_max_attempts and not exc.ambiguous:
+                # (An attempt whose outcome is unknown first waits for its callback; the
+                # job fails only if none comes: see submit_due.)
                 error = {
                     "code": "submit_failed",
                     "message": f"the provider could not be reached after {attempts} attempts: "
@@ -344,16 +346,13 @@ class JobService:
                     retry_after=exc.retry_after,
                 )
                 started = None
-            await repo.update_held(
+            await self._hold_release(
                 session,
-                job_id=job.id,
-                lease_owner=lease_owner,
-                values={
-                    "next_check_at": now + timedelta(seconds=delay),
-                    "submit_started_at": started,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                },
+                job,
+                lease_owner,
+                now,
+                {"submit_started_at": started},
+                now + timedelta(seconds=delay),
             )
 
     async def submit_due(self, *, job_id: str, lease_owner: str) -> None:

@@ -49,7 +49,9 @@ class ClaimLoop:
         self.handler = handler
         self.lease_owner = lease_owner
         self.extra = extra
-        self._limit = asyncio.Semaphore(runtime.settings.worker_concurrency)
+        # Claim no more than can start at once: a claimed job waiting for a free slot would
+        # spend its lease waiting.
+        self.limit = min(runtime.settings.worker_batch_size, runtime.settings.worker_concurrency)
 
     async def claim(self) -> list[str]:
         settings = self.runtime.settings
@@ -61,7 +63,7 @@ class ClaimLoop:
                 now=now,
                 lease_owner=self.lease_owner,
                 lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
-                limit=settings.worker_batch_size,
+                limit=self.limit,
                 skip_locked=not self.runtime.db.is_sqlite,
                 extra=self.extra(),
             )
@@ -81,21 +83,18 @@ class ClaimLoop:
         return len(job_ids)
 
     async def _handle(self, job_id: str) -> None:
-        async with self._limit:
-            structlog.contextvars.bind_contextvars(job_id=job_id, loop=self.name)
-            try:
-                await self.handler(job_id, self.lease_owner)
-                WORKER_ITEMS.labels(self.name, "ok").inc()
-            except asyncio.CancelledError:
-                WORKER_ITEMS.labels(self.name, "cancelled").inc()
-                await asyncio.shield(self._release(job_id))
-                raise
-            except Exception as exc:
-                # One bad job must not stop the loop; its lease expires and it is retried.
-                WORKER_ITEMS.labels(self.name, "error").inc()
-                log.exception("worker_item_failed", error_type=type(exc).__name__)
-            finally:
-                structlog.contextvars.unbind_contextvars("job_id", "loop")
+        structlog.contextvars.bind_contextvars(job_id=job_id, loop=self.name)
+        try:
+            await self.handler(job_id, self.lease_owner)
+            WORKER_ITEMS.labels(self.name, "ok").inc()
+        except asyncio.CancelledError:
+            WORKER_ITEMS.labels(self.name, "cancelled").inc()
+            await asyncio.shield(self._release(job_id))
+            raise
+        except Exception as exc:
+            # One bad job must not stop the loop; its lease expires and it is retried.
+            WORKER_ITEMS.labels(self.name, "error").inc()
+            log.exception("worker_item_failed", error_type=type(exc).__name__)
 
     async def _release(self, job_id: str) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 
@@ -33,35 +32,54 @@ class Worker:
         self.loops: list[ClaimLoop] = build_loops(runtime, self.lease_owner)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._gauges_at = 0.0
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name="poyo-relay-worker")
         return self._task
 
     async def run(self) -> None:
+        """Every loop runs on its own, so a slow provider call in one never holds up another."""
         log.info("worker_started", lease_owner=self.lease_owner)
+        runners = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
+        runners.append(asyncio.create_task(self._run_gauges()))
+        try:
+            await asyncio.gather(*runners)
+        except asyncio.CancelledError:
+            await asyncio.gather(*runners, return_exceptions=True)  # leases get released
+            raise
+        finally:
+            log.info("worker_stopped", lease_owner=self.lease_owner)
+
+    async def _run_loop(self, loop: ClaimLoop) -> None:
+        woken = self.runtime.wakeup.subscribe()
         while not self._stopping.is_set():
-            busy = await self.run_once()
-            await self._update_gauges()
-            if not busy and not self._stopping.is_set():
-                await self.runtime.wakeup.wait(self.runtime.settings.worker_poll_seconds)
-        log.info("worker_stopped", lease_owner=self.lease_owner)
+            woken.clear()
+            handled = await self._pass(loop)
+            if handled < loop.limit and not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), self.runtime.settings.worker_poll_seconds)
+
+    async def _pass(self, loop: ClaimLoop) -> int:
+        try:
+            return await loop.run_once()
+        except Exception as exc:
+            log.exception("worker_loop_failed", loop=loop.name, error_type=type(exc).__name__)
+            await asyncio.sleep(ERROR_PAUSE_SECONDS)
+            return 0
 
     async def run_once(self) -> bool:
-        """One pass over every loop; True when a loop filled a whole batch (more is waiting)."""
+        """One pass over every loop in turn (for tests and tools); True if more is waiting."""
         busy = False
         for loop in self.loops:
-            if self._stopping.is_set():
-                break
-            try:
-                handled = await loop.run_once()
-            except Exception as exc:
-                log.exception("worker_loop_failed", loop=loop.name, error_type=type(exc).__name__)
-                await asyncio.sleep(ERROR_PAUSE_SECONDS)
-                continue
-            busy |= handled >= self.runtime.settings.worker_batch_size
+            if not self._stopping.is_set():
+                busy |= await self._pass(loop) >= loop.limit
         return busy
+
+    async def _run_gauges(self) -> None:
+        while not self._stopping.is_set():
+            await self._update_gauges()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), GAUGE_INTERVAL_SECONDS)
 
     def request_stop(self) -> None:
         """Stop claiming new work; what is in flight goes on. Safe from a signal handler."""
@@ -83,9 +101,6 @@ class Worker:
                 await task
 
     async def _update_gauges(self) -> None:
-        if time.monotonic() - self._gauges_at < GAUGE_INTERVAL_SECONDS:
-            return
-        self._gauges_at = time.monotonic()
         now = utcnow()
         try:
             async with self.runtime.db.read() as session:
