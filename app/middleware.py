@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -92,6 +94,12 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
+# How much of an oversized body is read and thrown away before the 413, so that the client,
+# still sending, reads our answer instead of a connection reset. Beyond this, it is reset.
+DRAIN_MAX_BYTES = 16 * 1_048_576
+DRAIN_MAX_SECONDS = 5.0
+
+
 class BodySizeLimit:
     """413 for bodies over the limit of their path, whether announced or streamed."""
 
@@ -113,6 +121,8 @@ class BodySizeLimit:
         limit = self._limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            if declared <= DRAIN_MAX_BYTES and not _expects_continue(scope):
+                await _drain(receive)
             await _reject(send, limit)
             return
         received = 0
@@ -124,6 +134,8 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive)
                     raise BodyTooLarge(limit)
             return message
 
@@ -138,6 +150,27 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await _reject(send, limit)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and discard the rest of the body, within DRAIN_MAX_BYTES and DRAIN_MAX_SECONDS."""
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_MAX_SECONDS):
+            while drained <= DRAIN_MAX_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+
+def _expects_continue(scope: Scope) -> bool:
+    # Such a client sends its body only once told to: answering at once saves it the upload.
+    return any(
+        name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"]
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -213,13 +213,6 @@ def padded(task_id: str, size: int) -> bytes:
     return body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/middleware.py BodySizeLimit answers a too-large Content-Length with 413 "
-    "and closes without reading the body; the unread bytes make the kernel reset the "
-    "connection, so a client on a kept-alive connection gets ECONNRESET, never the 413. "
-    "Fix: drain (bounded) the request body before sending the 413.",
-)
 async def test_body_over_1_mib_with_content_length_is_413(
     relay: Service, provider: ProviderStandIn
 ) -> None:

@@ -40,7 +40,7 @@ async def _raw(
 
     Only what is given is sent: a declared Content-Length with no body, or chunks without
     the final empty chunk. So the server's answer is read before anything more is sent,
-    and a reset of the connection can't hide it (see tests/test_callbacks.py's xfail).
+    and a reset of the connection can't hide it.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", service.server.port)
     try:
