@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # The API key the CLI sends; the service itself never reads it.
     poyo_relay_api_key: SecretStr = SecretStr("")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("public_base_url", "poyo_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -145,7 +150,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors(include_url=False, include_input=False):
             field = ".".join(str(part) for part in error["loc"]).upper()
-            problems.append(f"invalid setting {field}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"invalid setting {field}: {message}")
         raise SettingsError(problems) from None
 
 

@@ -116,5 +116,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
         logging.getLogger(name).propagate = True
     # Our own access log replaces uvicorn's: it knows the route template, not the raw path.
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # Quiet even at DEBUG: drivers would log every statement with its parameters, which
+    # carry prompts, metadata and raw callbacks (and once, a generated secret).
+    for name in ("httpx", "httpcore", "sqlalchemy.engine", "sqlalchemy.pool", "aiosqlite"):
+        logging.getLogger(name).setLevel(logging.WARNING)

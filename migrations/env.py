@@ -4,6 +4,7 @@ a caller may pass a connection in `config.attributes["connection"]` instead."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from logging.config import fileConfig
 
 from alembic import context
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app.config import get_settings
+from app.config import SettingsError, load_settings
 from app.db import Base
 
 config = context.config
@@ -19,6 +20,16 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    """DATABASE_URL from Settings; an invalid configuration is one line per problem."""
+    try:
+        return load_settings().database_url
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _configure(connection: Connection) -> None:
@@ -46,7 +57,7 @@ async def _run_async(url: str) -> None:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=get_settings().database_url,
+        url=_database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -60,7 +71,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run_sync(connection)
         return
-    url = config.attributes.get("database_url") or get_settings().database_url
+    url = config.attributes.get("database_url") or _database_url()
     asyncio.run(_run_async(url))
 
 

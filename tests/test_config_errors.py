@@ -18,9 +18,9 @@ BAD = {
     "PUBLIC_BASE_URL": "relay.example.com",
 }
 EXPECTED = [
-    "error: invalid setting DATABASE_URL: Value error, must be a sqlite+aiosqlite:// or "
+    "error: invalid setting DATABASE_URL: must be a sqlite+aiosqlite:// or "
     "postgresql+asyncpg:// URL",
-    "error: invalid setting PUBLIC_BASE_URL: Value error, must start with http:// or https://",
+    "error: invalid setting PUBLIC_BASE_URL: must start with http:// or https://",
     "error: invalid setting RUN_WORKER: Input should be a valid boolean, unable to interpret input",
     "error: invalid setting WORKER_POLL_SECONDS: Input should be greater than 0",
 ]
@@ -86,3 +86,29 @@ async def test_the_dotenv_file_is_checked_too(tmp_path: Path) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in fixed.stdout.splitlines() if line}
     assert rows["LOG_LEVEL"] == ["WARNING", "environment"]
     assert rows["API_MAX_BODY_BYTES"] == ["2048", "environment"]
+
+
+async def test_alembic_refuses_invalid_settings(tmp_path: Path) -> None:
+    alembic = Path(UVICORN).with_name("alembic")
+    process = await asyncio.create_subprocess_exec(
+        str(alembic),
+        "-c",
+        str(Path(__file__).resolve().parent.parent / "alembic.ini"),
+        "upgrade",
+        "head",
+        env=clean_env(**BAD),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, (stdout, stderr)
+    assert problems(stderr.decode()) == EXPECTED
+    assert b"Traceback" not in stdout + stderr
+
+
+async def test_log_level_is_read_in_any_case(tmp_path: Path) -> None:
+    result = await run_cli("config", env=clean_env(LOG_LEVEL="debug"), cwd=tmp_path)
+    assert result.code == 0, result
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+    assert rows["LOG_LEVEL"] == ["DEBUG", "environment"]
