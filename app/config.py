@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # waits this long for the provider's callback before it is submitted again.
     uncertain_submit_grace_seconds: float = Field(default=300, ge=0)
 
+    # A client reading a queued or running job not checked for this long makes the worker
+    # ask the provider now, so that progress moves for whoever watches (0: never).
+    progress_refresh_seconds: float = Field(default=5, ge=0, le=3600)
+
     # --- client webhooks (a job's webhook_url hears when it ends) ---------------------------
     webhook_max_attempts: int = Field(default=10, ge=1, le=50)
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
@@ -76,7 +80,7 @@ class Settings(BaseSettings):
 
     # --- sandbox (the built-in PoYo simulator, used when POYO_API_KEY is empty) --------
     sandbox_queue_seconds: float = Field(default=0.5, ge=0, le=3600)
-    sandbox_run_seconds: float = Field(default=2.0, ge=0, le=3600)
+    sandbox_run_seconds: float = Field(default=6.0, ge=0, le=3600)
     # Where the simulator lives in sandbox mode (e.g. its own container). Empty: the one
     # mounted inside the API. Ignored once POYO_API_KEY is set, so that setting the key
     # alone switches to the real PoYo.

@@ -69,6 +69,7 @@ class Runtime:
             callback_url_for=credentials.url,
             instance_id=instance,
         )
+        jobs.on_check_requested = wakeup.notify
         callbacks = CallbackService(
             db=db,
             credentials=credentials,

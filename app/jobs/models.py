@@ -54,6 +54,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the provider was last asked about this job (a status poll, answered or not).
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_jobs_owner_id", "owner", "id"),

@@ -72,6 +72,24 @@ async def record_task(
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
+async def request_check(
+    session: AsyncSession, *, job_id: str, now: datetime, cutoff: datetime
+) -> bool:
+    """Make an in-flight job, not checked since `cutoff`, due now (once, not per reader)."""
+    result = await session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            or_(Job.checked_at.is_(None), Job.checked_at < cutoff),
+            Job.next_check_at > now,
+        )
+        .values(next_check_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
 async def update_held(
     session: AsyncSession, *, job_id: str, lease_owner: str, values: dict[str, Any]
 ) -> bool:

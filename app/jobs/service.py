@@ -87,6 +87,7 @@ class JobService:
         self.provider = provider
         self.callback_url_for = callback_url_for
         self.instance_id = instance_id
+        self.on_check_requested: Callable[[], None] = lambda: None
         self._submitting: set[asyncio.Task[Any]] = set()
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -416,6 +417,24 @@ class JobService:
 
     # ---- the provider's truth ------------------------------------------------------
 
+    async def refresh_if_watched(self, job: Job) -> None:
+        """A client is reading this job: if it is in flight and has not been checked for
+        PROGRESS_REFRESH_SECONDS, have the worker ask the provider now."""
+        seconds = self.settings.progress_refresh_seconds
+        if seconds <= 0 or job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            return
+        now = utcnow()
+        cutoff = now - timedelta(seconds=seconds)
+        last = job.checked_at or job.submitted_at
+        if (last is not None and last > cutoff) or (
+            job.next_check_at is not None and job.next_check_at <= now
+        ):
+            return
+        async with self.db.write() as session:
+            asked = await repo.request_check(session, job_id=job.id, now=now, cutoff=cutoff)
+        if asked:
+            self.on_check_requested()
+
     async def refresh(self, *, job_id: str, lease_owner: str) -> None:
         """Fetch a leased job's task status from the provider and apply it."""
         async with self.db.read() as session:
@@ -510,7 +529,7 @@ class JobService:
         outputs = status.outputs()
         if target is JobStatus.SUCCEEDED and not outputs:
             target = JobStatus.RUNNING  # finished without files yet: look again later
-        values: dict[str, Any] = {"poll_attempts": 0}
+        values: dict[str, Any] = {"poll_attempts": 0, "checked_at": now}
         if job.provider_task_id is None:
             # A task a callback named, now confirmed by the provider: it is this job's.
             values |= {
@@ -614,7 +633,7 @@ class JobService:
                 }
                 if await self._fail(session, job, error, now, lease_owner=lease_owner):
                     return
-            values: dict[str, Any] = {"poll_attempts": attempts}
+            values: dict[str, Any] = {"poll_attempts": attempts, "checked_at": now}
             if job.provider_task_id is None and isinstance(exc, ProviderRejected):
                 # The provider does not know the task a callback named: forget the claim
                 # so the job is submitted normally.
