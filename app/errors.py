@@ -152,10 +152,23 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if (refused := await _refused_before_auth(request)) is not None:
         return refused
+    if _body_is_not_json(request):
+        return error_response(
+            UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)")
+        )
     return JSONResponse(
         error_body("invalid_request", "the request is invalid", validation_details(exc.errors())),
         status_code=422,
     )
+
+
+def _body_is_not_json(request: Request) -> bool:
+    """A body was sent with a media type other than JSON (FastAPI then leaves it unparsed)."""
+    content_type = request.headers.get("content-type")
+    if request.method not in ("POST", "PUT", "PATCH") or not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return not (media == "application/json" or media.endswith("+json"))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

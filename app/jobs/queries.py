@@ -79,7 +79,8 @@ async def get_job(db: Database, *, caller: Caller, job_id: str) -> Job:
             job = (await session.execute(query)).scalar_one_or_none()
             if job is not None:
                 return job
-    raise NotFound(f"no job with id {job_id!r}")
+    shown = job_id if len(job_id) <= 64 else job_id[:61] + "..."
+    raise NotFound(f"no job with id {shown!r}")
 
 
 async def list_jobs(
