@@ -95,9 +95,11 @@ class BodyTooLarge(HTTPException):
 
 
 # How much of an oversized body is read and thrown away before the 413, so that the client,
-# still sending, reads our answer instead of a connection reset. Beyond this, it is reset.
+# still sending, reads our answer instead of a connection reset. Beyond this, it is reset;
+# a client that stops sending (it waits for our answer) gets it after a short pause.
 DRAIN_MAX_BYTES = 16 * 1_048_576
 DRAIN_MAX_SECONDS = 5.0
+DRAIN_IDLE_SECONDS = 0.25
 
 
 class BodySizeLimit:
@@ -153,12 +155,12 @@ class BodySizeLimit:
 
 
 async def _drain(receive: Receive) -> None:
-    """Read and discard the rest of the body, within DRAIN_MAX_BYTES and DRAIN_MAX_SECONDS."""
+    """Read and discard the rest of the body while it keeps coming, within the bounds above."""
     drained = 0
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_MAX_SECONDS):
             while drained <= DRAIN_MAX_BYTES:
-                message = await receive()
+                message = await asyncio.wait_for(receive(), DRAIN_IDLE_SECONDS)
                 if message["type"] != "http.request":
                     return
                 drained += len(message.get("body", b""))

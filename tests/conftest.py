@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from app.config import Settings
 from app.main import create_app
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, SimulatorState, create_simulator
+from tests.stand_in import ProviderStandIn, serve_stand_in
 from tests.support import (
     ApiClient,
     LiveServer,
@@ -159,6 +160,28 @@ async def start_service(database_url: str, simulator: Simulator) -> AsyncIterato
     for server, http in reversed(started):
         await http.aclose()
         await server.stop()
+
+
+# ---- a provider stand-in the test controls (tests/stand_in.py) --------------------------
+
+
+@pytest.fixture(scope="module")
+async def shared_provider() -> AsyncIterator[ProviderStandIn]:
+    async with serve_stand_in() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
+    shared_provider.reset()
+    yield shared_provider
+    shared_provider.release.set()  # let stalled answers go before the service stops
+
+
+@pytest.fixture
+async def relay(start_service: ServiceFactory, provider: ProviderStandIn) -> Service:
+    """The service, talking to the stand-in provider, which records every request."""
+    return await start_service(poyo_base_url=provider.url, poyo_api_key=provider.api_key)
 
 
 @pytest.fixture

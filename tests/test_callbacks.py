@@ -9,39 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 from starlette.responses import Response
 
-from tests.conftest import Service, ServiceFactory, Simulator
-from tests.stand_in import Call, ProviderStandIn, serve_stand_in
+from tests.conftest import Service, Simulator
+from tests.stand_in import Call, ProviderStandIn
 from tests.support import IMAGE_JOB, eventually
 
 MIB = 1_048_576
 LEGIT = [{"file_url": "https://cdn.poyo.example/real-output.mp4", "file_type": "video"}]
 FORGED = [{"file_url": "https://attacker.example/malware.mp4", "file_type": "video"}]
-
-
-@pytest.fixture(scope="module")
-async def shared_provider() -> AsyncIterator[ProviderStandIn]:
-    async with serve_stand_in() as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
-    shared_provider.reset()
-    yield shared_provider
-    shared_provider.release.set()  # let stalled answers go before the service stops
-
-
-@pytest.fixture
-async def relay(start_service: ServiceFactory, provider: ProviderStandIn) -> Service:
-    return await start_service(poyo_base_url=provider.url, poyo_api_key=provider.api_key)
 
 
 async def queued_job(relay: Service) -> tuple[dict[str, Any], str]:

@@ -6,7 +6,6 @@ to the provider, so it never costs credits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import jsonschema_rs
@@ -14,8 +13,8 @@ import pytest
 
 from app.catalog.models import CATALOG
 from app.errors import InvalidRequest
-from tests.conftest import Service, ServiceFactory
-from tests.stand_in import ProviderStandIn, serve_stand_in
+from tests.conftest import Service
+from tests.stand_in import ProviderStandIn
 
 I2V = "wan2.5-image-to-video"
 T2V = "wan2.5-text-to-video"
@@ -187,25 +186,6 @@ def test_errors_do_not_echo_the_input() -> None:
 # ---- over HTTP: 422, nothing stored, nothing sent --------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def shared_provider() -> AsyncIterator[ProviderStandIn]:
-    async with serve_stand_in() as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
-    shared_provider.reset()
-    yield shared_provider
-    shared_provider.release.set()  # let stalled answers go before the service stops
-
-
-@pytest.fixture
-async def guarded(start_service: ServiceFactory, provider: ProviderStandIn) -> Service:
-    """The service, talking to a stand-in provider that records every request."""
-    return await start_service(poyo_base_url=provider.url, poyo_api_key=provider.api_key)
-
-
 def _assert_envelope(body: Any, case: str) -> None:
     assert set(body) == {"error"}, (case, body)
     error = body["error"]
@@ -219,9 +199,9 @@ def _assert_envelope(body: Any, case: str) -> None:
 
 
 async def test_invalid_jobs_get_422_and_are_neither_stored_nor_sent(
-    guarded: Service, provider: ProviderStandIn
+    relay: Service, provider: ProviderStandIn
 ) -> None:
-    client = guarded.client
+    client = relay.client
     bodies: list[tuple[str, Any]] = [
         (case, {"model": model, "input": raw}) for case, model, raw, _ in INVALID
     ]
@@ -284,12 +264,12 @@ VALID_SAMPLES: list[tuple[str, Any]] = [
 ]
 
 
-async def test_models_are_published_with_schemas(guarded: Service) -> None:
-    anonymous = await guarded.client.http.get("/v1/models")
+async def test_models_are_published_with_schemas(relay: Service) -> None:
+    anonymous = await relay.client.http.get("/v1/models")
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["type"] == "authentication_error"
 
-    response = await guarded.client.get("/v1/models")
+    response = await relay.client.get("/v1/models")
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"

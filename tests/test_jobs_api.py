@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
-import pytest
 from starlette.responses import Response
 
 from tests.conftest import Service, ServiceFactory
@@ -23,7 +21,6 @@ from tests.stand_in import (
     ProviderStandIn,
     callback_job_id,
     poyo_error,
-    serve_stand_in,
 )
 from tests.support import IMAGE_JOB, TEXT_JOB, eventually
 
@@ -46,24 +43,6 @@ JOB_KEYS = {
 }
 # The contract's keys, plus the optional client webhook the request may carry.
 ALLOWED_EXTRA_KEYS = {"webhook_url"}
-
-
-@pytest.fixture(scope="module")
-async def shared_provider() -> AsyncIterator[ProviderStandIn]:
-    async with serve_stand_in() as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
-    shared_provider.reset()
-    yield shared_provider
-    shared_provider.release.set()  # let stalled answers go before the service stops
-
-
-@pytest.fixture
-async def relay(start_service: ServiceFactory, provider: ProviderStandIn) -> Service:
-    return await start_service(poyo_base_url=provider.url, poyo_api_key=provider.api_key)
 
 
 def parse_z(value: str) -> datetime:

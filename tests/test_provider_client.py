@@ -7,7 +7,7 @@ and exactly what (and how often) it sent.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -22,16 +22,16 @@ from app.provider.client import (
     ProviderUnavailable,
 )
 from tests.stand_in import (
+    STAND_IN_KEY,
     STATUS_PREFIX,
     SUBMIT_PATH,
     Call,
     ProviderStandIn,
     poyo_error,
-    serve_stand_in,
     wrapped,
 )
 
-KEY = "pk-live-0123456789abcdef"
+KEY = STAND_IN_KEY
 CALLBACK = "http://127.0.0.1:9/v1/callbacks/poyo/job_01jcz3q9m4b8x2v7k5n0r6t1yw/credential"
 INPUT = {"prompt": "a fox", "image_urls": ["https://example.com/fox.jpg"], "duration": 5}
 TASK = {
@@ -42,19 +42,6 @@ TASK = {
     "created_time": "2025-11-12T10:30:00",
     "error_message": None,
 }
-
-
-@pytest.fixture(scope="module")
-async def shared_provider() -> AsyncIterator[ProviderStandIn]:
-    async with serve_stand_in(api_key=KEY) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def provider(shared_provider: ProviderStandIn) -> Iterator[ProviderStandIn]:
-    shared_provider.reset()
-    yield shared_provider
-    shared_provider.release.set()  # let stalled answers go before the service stops
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from app.jobs.states import JobStatus, can_transition
 from tests.conftest import Service, ServiceFactory, Simulator
-from tests.stand_in import Call, ProviderStandIn, poyo_error, serve_stand_in
+from tests.stand_in import Call, ProviderStandIn, poyo_error
 from tests.support import IMAGE_JOB, TEXT_JOB, eventually
 
 STATUSES = ["pending", "queued", "running", "succeeded", "failed"]
@@ -31,12 +31,6 @@ DOCUMENTED_EVENTS = {
     "provider.polled",
     "job.status_changed",
 }
-
-
-@pytest.fixture(scope="module")
-async def shared_provider() -> AsyncIterator[ProviderStandIn]:
-    async with serve_stand_in() as stand_in:
-        yield stand_in
 
 
 @pytest.fixture
