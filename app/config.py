@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     worker_lease_seconds: float = Field(default=60, ge=5, le=3600)
     worker_batch_size: int = Field(default=50, ge=1, le=1000)
-    worker_concurrency: int = Field(default=16, ge=1, le=256)
+    worker_concurrency: int = Field(default=32, ge=1, le=256)
     retry_base_seconds: float = Field(default=2.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=600, gt=0, le=86_400)
     # A submission whose outcome is unknown (we crashed while the provider was answering)
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     rate_limit_jobs_per_minute: int = Field(default=120, ge=0)
 
     # --- database ----------------------------------------------------------------------
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     database_max_overflow: int = Field(default=10, ge=0, le=200)
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
 

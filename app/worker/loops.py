@@ -12,6 +12,7 @@ by a single atomic UPDATE on SQLite, so any number of workers never hold the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ from app.timeutil import utcnow
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[str, str], Awaitable[None]]
+CLAIM_ERROR_PAUSE_SECONDS = 1.0
 
 
 class ClaimLoop:
@@ -53,7 +55,7 @@ class ClaimLoop:
         # spend its lease waiting.
         self.limit = min(runtime.settings.worker_batch_size, runtime.settings.worker_concurrency)
 
-    async def claim(self) -> list[str]:
+    async def claim(self, limit: int | None = None) -> list[str]:
         settings = self.runtime.settings
         now = utcnow()
         async with self.runtime.db.write() as session:
@@ -63,7 +65,7 @@ class ClaimLoop:
                 now=now,
                 lease_owner=self.lease_owner,
                 lease_until=now + timedelta(seconds=settings.worker_lease_seconds),
-                limit=self.limit,
+                limit=min(limit or self.limit, self.limit),
                 skip_locked=not self.runtime.db.is_sqlite,
                 extra=self.extra(),
             )
@@ -81,6 +83,38 @@ class ClaimLoop:
             await asyncio.gather(*handlers, return_exceptions=True)
             raise
         return len(job_ids)
+
+    async def serve(self, stopping: asyncio.Event, woken: asyncio.Event, idle: float) -> None:
+        """Keep every slot busy: claim as soon as one frees, not when a whole batch is done
+        (one slow provider call would otherwise hold up the rest of its batch)."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not stopping.is_set():
+                woken.clear()
+                free = self.limit - len(running)
+                if free <= 0:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                claimed = await self._claim_or_pause(free)
+                for job_id in claimed:
+                    handler = asyncio.create_task(self._handle(job_id))
+                    running.add(handler)
+                    handler.add_done_callback(running.discard)
+                if len(claimed) < free:  # nothing more is due: wait to be woken
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), idle)
+            await asyncio.gather(*running, return_exceptions=True)
+        except asyncio.CancelledError:
+            await asyncio.gather(*running, return_exceptions=True)  # leases get released
+            raise
+
+    async def _claim_or_pause(self, limit: int) -> list[str]:
+        try:
+            return await self.claim(limit)
+        except Exception as exc:
+            log.exception("worker_claim_failed", loop=self.name, error_type=type(exc).__name__)
+            await asyncio.sleep(CLAIM_ERROR_PAUSE_SECONDS)
+            return []
 
     async def _handle(self, job_id: str) -> None:
         structlog.contextvars.bind_contextvars(job_id=job_id, loop=self.name)

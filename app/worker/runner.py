@@ -52,12 +52,7 @@ class Worker:
 
     async def _run_loop(self, loop: ClaimLoop) -> None:
         woken = self.runtime.wakeup.subscribe()
-        while not self._stopping.is_set():
-            woken.clear()
-            handled = await self._pass(loop)
-            if handled < loop.limit and not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), self.runtime.settings.worker_poll_seconds)
+        await loop.serve(self._stopping, woken, self.runtime.settings.worker_poll_seconds)
 
     async def _pass(self, loop: ClaimLoop) -> int:
         try:
