@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -34,6 +35,10 @@ NAMING_CONVENTION = {
 }
 
 _WRITE = "poyo_write"
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class Base(DeclarativeBase):
@@ -75,7 +80,12 @@ class Database:
             }
         else:
             kwargs |= {"pool_size": 4, "max_overflow": 8}
-        self.engine = create_async_engine(settings.database_url, **kwargs)
+        self.engine = create_async_engine(
+            settings.database_url,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            **kwargs,
+        )
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})

@@ -18,7 +18,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay 
 MAX_TOKEN_CHARS = 256
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI would run a plain function in a worker thread, on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -62,7 +63,7 @@ async def authentication_failure(request: Request) -> Unauthorized | None:
     if not isinstance(dependant, Dependant) or not _needs_key(dependant):
         return None
     try:
-        await get_caller(get_runtime(request), await _bearer(request))
+        await get_caller(await get_runtime(request), await _bearer(request))
     except Unauthorized as exc:
         return exc
     return None

@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Our own Prometheus metrics and structured logs cover this; FastAPI's OpenTelemetry
+        # hooks would otherwise look up global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)

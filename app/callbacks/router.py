@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from app.deps import RuntimeDep
 from app.errors import error_body, error_responses
@@ -44,4 +45,6 @@ async def receive_callback(job_id: str, token: str, request: Request, runtime: R
             error_body(_ERROR_TYPES.get(result.http_status, "bad_request"), result.message),
             status_code=result.http_status,
         )
-    return JSONResponse({"received": True, "outcome": result.outcome})
+    return Response(
+        orjson.dumps({"received": True, "outcome": result.outcome}), media_type="application/json"
+    )

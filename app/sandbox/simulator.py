@@ -248,7 +248,13 @@ def create_simulator(
         yield
         await state.aclose()
 
-    app = FastAPI(title="PoYo simulator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="PoYo simulator",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.simulator = state
 
     def file_url(request: Request, task_id: str) -> str:
