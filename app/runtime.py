@@ -11,7 +11,9 @@ from app.callbacks.credentials import CallbackCredentials, load_credentials
 from app.callbacks.service import CallbackService
 from app.config import Settings
 from app.db import Database
+from app.jobs.confirmation import Confirmation
 from app.jobs.service import JobService
+from app.jobs.transitions import Transitions
 from app.provider.client import PoyoClient
 from app.webhooks.service import WebhookSender
 
@@ -44,6 +46,7 @@ class Runtime:
     provider: PoyoClient
     credentials: CallbackCredentials
     jobs: JobService
+    confirmation: Confirmation
     callbacks: CallbackService
     webhooks: WebhookSender
     wakeup: Wakeup
@@ -62,14 +65,23 @@ class Runtime:
         )
         wakeup = Wakeup()
         instance = instance_id()
+        transitions = Transitions(settings=settings, db=db)
+        confirmation = Confirmation(
+            settings=settings,
+            db=db,
+            provider=provider,
+            transitions=transitions,
+            on_check_requested=wakeup.notify,
+        )
         jobs = JobService(
             settings=settings,
             db=db,
             provider=provider,
             callback_url_for=credentials.url,
             instance_id=instance,
+            transitions=transitions,
+            confirmation=confirmation,
         )
-        jobs.on_check_requested = wakeup.notify
         callbacks = CallbackService(
             db=db,
             credentials=credentials,
@@ -78,7 +90,18 @@ class Runtime:
             on_received=wakeup.notify,
         )
         webhooks = WebhookSender(settings=settings, db=db, credentials=credentials)
-        return cls(settings, db, provider, credentials, jobs, callbacks, webhooks, wakeup, instance)
+        return cls(
+            settings,
+            db,
+            provider,
+            credentials,
+            jobs,
+            confirmation,
+            callbacks,
+            webhooks,
+            wakeup,
+            instance,
+        )
 
     async def close(self) -> None:
         await self.jobs.drain()

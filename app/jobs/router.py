@@ -102,7 +102,7 @@ async def list_jobs(
 )
 async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
-    await runtime.jobs.refresh_if_watched(job)
+    await runtime.confirmation.refresh_if_watched(job)
     return _json(job_to_dict(job))
 
 

@@ -21,8 +21,8 @@ from app.db import Database
 from app.jobs import repository as repo
 from app.jobs.models import Job
 from app.jobs.schemas import job_to_dict
-from app.jobs.service import backoff_delay
 from app.jobs.states import JobStatus
+from app.jobs.transitions import backoff_delay
 from app.timeutil import utcnow
 from app.webhooks.guard import ForbiddenTarget, check_target
 from app.webhooks.signing import owner_secret

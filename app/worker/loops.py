@@ -146,7 +146,7 @@ def build_loops(runtime: Runtime, lease_owner: str) -> list[ClaimLoop]:
         await jobs.submit_due(job_id=job_id, lease_owner=owner)
 
     async def refresh(job_id: str, owner: str) -> None:
-        await jobs.refresh(job_id=job_id, lease_owner=owner)
+        await runtime.confirmation.refresh(job_id=job_id, lease_owner=owner)
 
     def past_deadline() -> Sequence[ColumnElement[bool]]:
         cutoff = utcnow() - timedelta(seconds=settings.job_deadline_seconds)
