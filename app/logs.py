@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import structlog
 from structlog.types import EventDict, Processor
 
@@ -81,6 +82,10 @@ def drop_noise(_logger: Any, _name: str, event: EventDict) -> EventDict:
     return event
 
 
+def _json(value: Any, **_kwargs: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
     """Idempotent; safe to call from every entry point."""
     pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -94,7 +99,9 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
         REDACTOR,
     ]
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer()
+        if pretty
+        else structlog.processors.JSONRenderer(serializer=_json)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from app.deps import RuntimeDep
 from app.errors import error_body, error_responses
+from app.runtime import Runtime
 
 router = APIRouter(prefix="/v1/callbacks", tags=["callbacks"])
 
@@ -34,8 +34,10 @@ class CallbackAck(BaseModel):
         }
     },
 )
-async def receive_callback(job_id: str, token: str, request: Request, runtime: RuntimeDep) -> Any:
+async def receive_callback(job_id: str, token: str, request: Request) -> Any:
     """Authenticate, store the raw body, and queue a status check; answered after storing."""
+    # The hot path: the runtime is read off the app, without a dependency to resolve.
+    runtime: Runtime = request.app.state.runtime
     body = await request.body()
     result = await runtime.callbacks.ingest(
         job_id=job_id, token=token, body=body, headers=request.headers

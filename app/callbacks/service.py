@@ -166,33 +166,51 @@ class _Item:
 _UNKNOWN_JOB = CallbackResult(404, "unknown_job", "no such job")
 _RECEIVED = CallbackResult(200, "received", "stored; the status will be confirmed")
 MAX_BATCH = 256
+MAX_TRANSACTIONS_IN_FLIGHT = 3
 
 
 class CallbackWriter:
-    """Group commit: callbacks that arrive while a transaction is being written share the
-    next one. No callback waits for a timer, and none is answered before its commit."""
+    """Group commit: callbacks that arrive while transactions are being written share the
+    next one. No callback waits for a timer, and none is answered before its commit.
+
+    PostgreSQL gets a few transactions in flight at once (their row locks, taken in id
+    order, keep two callbacks for one job in sequence); SQLite has one writer anyway.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._queue: list[_Item] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._max_in_flight = 1 if db.is_sqlite else MAX_TRANSACTIONS_IN_FLIGHT
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def write(self, item: _Item) -> CallbackResult:
         self._queue.append(item)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._drain())
+        self._start_flushing()
         return await item.future
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
+    def _start_flushing(self) -> None:
+        if self._queue and self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            flusher = asyncio.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+
+    async def _flush(self) -> None:
+        # The batch is taken when the flusher runs, so that everything queued meanwhile
+        # (say, by callbacks arriving together) goes into one transaction.
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        try:
+            if batch:
                 await self._write(batch)
-            except Exception as exc:
-                log.warning("callback_batch_failed", size=len(batch), error_type=type(exc).__name__)
-                # Write one by one, so that one bad callback cannot fail its neighbours.
-                for item in batch:
-                    await self._write_alone(item)
+        except Exception as exc:
+            log.warning("callback_batch_failed", size=len(batch), error_type=type(exc).__name__)
+            # Write one by one, so that one bad callback cannot fail its neighbours.
+            for item in batch:
+                await self._write_alone(item)
+        finally:
+            self._in_flight -= 1
+            self._start_flushing()
 
     async def _write_alone(self, item: _Item) -> None:
         try:
