@@ -6,7 +6,6 @@ on error, `db.read()` never writes. Services open them; repositories only flush.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app.config import Settings
+from app.writer_turns import WriterTurns
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -92,7 +92,7 @@ class Database:
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         # SQLite has one writer; queueing writers here is cheaper than spinning on the lock.
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._writer_turns = WriterTurns() if self.is_sqlite else None
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -100,22 +100,27 @@ class Database:
             yield session
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        async with self._writer_turn(), self._write_sessions() as session, session.begin():
+    async def write(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A write transaction. `urgent` ones go first on SQLite (see app.writer_turns)."""
+        async with (
+            self._writer_turn(urgent),
+            self._write_sessions() as session,
+            session.begin(),
+        ):
             yield session
 
     @contextlib.asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a write transaction, for lean hot paths."""
-        async with self._writer_turn(), self._write_engine.begin() as conn:
+        async with self._writer_turn(False), self._write_engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def _writer_turn(self) -> AsyncIterator[None]:
-        if self._write_lock is None:
+    async def _writer_turn(self, urgent: bool) -> AsyncIterator[None]:
+        if self._writer_turns is None:
             yield
             return
-        async with self._write_lock:
+        async with self._writer_turns.turn(urgent=urgent):
             yield
 
     async def ping(self) -> None:

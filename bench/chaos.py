@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.config import Settings
 from app.jobs.models import IdempotencyKey, Job, JobEvent
+from bench.common import create_database, drop_database, free_port, service_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-_SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 TERMINAL = ("succeeded", "failed")
 
 
@@ -60,22 +56,11 @@ def relay_argv(*args: str) -> list[str]:
 
 
 def process_env(values: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment minus every service setting (a developer's exports must not
-    leak in), plus `values`. Run children in a directory without a `.env`."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in _SETTING_NAMES}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    """A service's environment (see `bench.common.service_env`) with quiet JSON logs, plus
+    `values`. Run children in a directory without a `.env`."""
+    return service_env(
+        {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "ACCESS_LOG": "false", **values}
     )
-    env["PYTHONUNBUFFERED"] = "1"
-    env |= {"LOG_FORMAT": "json", "LOG_LEVEL": "WARNING", "ACCESS_LOG": "false"}
-    env |= dict(values)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -296,33 +281,6 @@ def workdir(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-async def create_database(plan: Plan, cwd: Path) -> str:
-    if plan.sqlite:
-        return f"sqlite+aiosqlite:///{cwd / 'chaos.db'}"
-    admin_url = os.environ.get("CHAOS_POSTGRES_URL", DEFAULT_POSTGRES_ADMIN_URL)
-    admin = make_url(admin_url).set(drivername="postgresql+asyncpg")
-    name = f"poyo_relay_chaos_{uuid.uuid4().hex[:10]}"
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
-    return admin.set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(url: str) -> None:
-    if url.startswith("sqlite"):
-        return
-    parsed = make_url(url)
-    engine = create_async_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
-
-
 class Chaos:
     def __init__(self, plan: Plan, cwd: Path, database_url: str) -> None:
         self.plan = plan
@@ -380,7 +338,6 @@ class Chaos:
 
     async def run(self) -> dict[str, Any]:
         env = self.service.env
-        await asyncio.to_thread(run_relay, ["migrate"], env, self.cwd)
         output = await asyncio.to_thread(run_relay, ["keys", "create", "chaos"], env, self.cwd)
         api_key = output.split()[-1]
         try:
@@ -693,9 +650,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, str]:
 
 async def main_async(plan: Plan, command: str) -> bool:
     with workdir(plan.keep_logs) as cwd:
-        database_url = await create_database(plan, cwd)
+        database = await create_database("sqlite" if plan.sqlite else "postgresql", cwd)
         try:
-            chaos = Chaos(plan, cwd, database_url)
+            chaos = Chaos(plan, cwd, database.url)
             try:
                 report = await chaos.run()
             except BaseException:
@@ -706,7 +663,7 @@ async def main_async(plan: Plan, command: str) -> bool:
                 (cwd / "report.json").write_text(json.dumps(report, indent=2, default=str))
             return print_report(report, command)
         finally:
-            await drop_database(database_url)
+            await drop_database(database)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -244,7 +244,8 @@ class JobService:
         if is_terminal(target):
             # A submit answer is not a confirmation: only the status endpoint ends a job.
             target, next_check = JobStatus.QUEUED, now
-        async with self.db.write() as session:
+        # Urgent: until this commits, a crash would leave a paid task unknown to us.
+        async with self.db.write(urgent=True) as session:
             changed = await repo.record_task(
                 session,
                 job_id=job.id,
