@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+# A `_created` gauge beside every counter and histogram doubles the series to store and
+# tells a scraper nothing it needs (counter resets are detected without it).
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

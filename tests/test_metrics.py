@@ -86,6 +86,7 @@ async def test_metrics_carry_the_job_lifecycle(service: Service, simulator: Simu
 
     image, text = IMAGE_JOB["model"], TEXT_JOB["model"]
     assert types["poyo_relay_jobs_created"] == "counter"
+    assert not [s.name for s in samples if s.name.endswith("_created")], "no _created series"
     assert delta("poyo_relay_jobs_created_total", model=image) == 2
     assert delta("poyo_relay_jobs_created_total", model=text) == 1
     assert delta("poyo_relay_jobs_finished_total", model=image, status="succeeded") == 2
