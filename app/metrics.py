@@ -12,7 +12,7 @@ from prometheus_client import (
 
 # A `_created` gauge beside every counter and histogram doubles the series to store and
 # tells a scraper nothing it needs (counter resets are detected without it).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
