@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app.config import Settings
-from app.writer_turns import WriterTurns
+from app.writer_turns import Priority, WriterTurns
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -100,10 +100,10 @@ class Database:
             yield session
 
     @contextlib.asynccontextmanager
-    async def write(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
-        """A write transaction. `urgent` ones go first on SQLite (see app.writer_turns)."""
+    async def write(self, priority: Priority = Priority.PROGRESS) -> AsyncIterator[AsyncSession]:
+        """A write transaction; on SQLite, its turn comes by `priority` (app.writer_turns)."""
         async with (
-            self._writer_turn(urgent),
+            self._writer_turn(priority),
             self._write_sessions() as session,
             session.begin(),
         ):
@@ -112,15 +112,15 @@ class Database:
     @contextlib.asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a write transaction, for lean hot paths."""
-        async with self._writer_turn(False), self._write_engine.begin() as conn:
+        async with self._writer_turn(Priority.PROGRESS), self._write_engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def _writer_turn(self, urgent: bool) -> AsyncIterator[None]:
+    async def _writer_turn(self, priority: Priority) -> AsyncIterator[None]:
         if self._writer_turns is None:
             yield
             return
-        async with self._writer_turns.turn(urgent=urgent):
+        async with self._writer_turns.turn(priority):
             yield
 
     async def ping(self) -> None:

@@ -1,27 +1,40 @@
-"""Turns at SQLite's single writer, with an urgent lane.
+"""Turns at SQLite's single writer, by priority.
 
 On SQLite every write transaction of the process waits here for its turn. Under load the
-queue grows long (each turn also waits for the busy event loop), and most writes can wait.
-One kind cannot: recording a task the provider has just accepted. Until that commits, a
-crash would leave the job's outcome unknown and may cost a second paid task, so those
-writes take the next turn, ahead of every ordinary writer.
+queue grows long (each turn also waits for the busy event loop), so the order matters:
+
+- `RECORD` first: recording a task the provider has just accepted. Until that commits, a
+  crash would leave the job's outcome unknown and may cost a second paid task.
+- `PROGRESS` next: work on jobs already in flight (callbacks, claims, status changes).
+- `ADMISSION` last: taking in new jobs. When the writer is the bottleneck, new work waits
+  at the door rather than slowing the jobs already running; an admission is still never
+  passed over more than `MAX_PASSED_OVER` times in a row, so it cannot starve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections import deque
 from collections.abc import AsyncIterator
 
+MAX_PASSED_OVER = 16
+
+
+class Priority(enum.IntEnum):
+    RECORD = 0
+    PROGRESS = 1
+    ADMISSION = 2
+
 
 class WriterTurns:
-    """A lock handed over in order: urgent waiters first, then the others, each FIFO."""
+    """A lock handed over by priority, first come first served within a priority."""
 
     def __init__(self) -> None:
         self._held = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._ordinary: deque[asyncio.Future[None]] = deque()
+        self._lanes: dict[Priority, deque[asyncio.Future[None]]] = {p: deque() for p in Priority}
+        self._admission_passed_over = 0
 
     @property
     def held(self) -> bool:
@@ -29,11 +42,11 @@ class WriterTurns:
 
     @property
     def waiting(self) -> int:
-        return len(self._urgent) + len(self._ordinary)
+        return sum(len(lane) for lane in self._lanes.values())
 
     @contextlib.asynccontextmanager
-    async def turn(self, *, urgent: bool = False) -> AsyncIterator[None]:
-        await self._acquire(self._urgent if urgent else self._ordinary)
+    async def turn(self, priority: Priority = Priority.PROGRESS) -> AsyncIterator[None]:
+        await self._acquire(self._lanes[priority])
         try:
             yield
         finally:
@@ -57,10 +70,24 @@ class WriterTurns:
 
     def _release(self) -> None:
         """Hand the turn to the next waiter still waiting, or free the lock."""
-        for lane in (self._urgent, self._ordinary):
+        for priority in self._order():
+            lane = self._lanes[priority]
             while lane:
                 waiter = lane.popleft()
                 if not waiter.done():
+                    self._note_grant(priority)
                     waiter.set_result(None)  # still held: ownership passes directly
                     return
         self._held = False
+
+    def _order(self) -> tuple[Priority, ...]:
+        if self._admission_passed_over >= MAX_PASSED_OVER:
+            return (Priority.ADMISSION, Priority.RECORD, Priority.PROGRESS)
+        return tuple(Priority)
+
+    def _note_grant(self, priority: Priority) -> None:
+        admissions_waiting = any(not w.done() for w in self._lanes[Priority.ADMISSION])
+        if priority is Priority.ADMISSION or not admissions_waiting:
+            self._admission_passed_over = 0
+        else:
+            self._admission_passed_over += 1

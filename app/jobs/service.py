@@ -34,6 +34,7 @@ from app.metrics import JOBS_CREATED
 from app.provider.client import PoyoClient, ProviderRejected, ProviderUnavailable
 from app.provider.schemas import SubmittedTask
 from app.timeutil import utcnow
+from app.writer_turns import Priority
 
 log = structlog.get_logger(__name__)
 
@@ -160,31 +161,12 @@ class JobService:
         fingerprint: str | None,
         lease_owner: str,
     ) -> Job:
-        now = utcnow()
-        job_id = new_job_id(now)
-        created_at = job_id_time(job_id)
-        lease = timedelta(seconds=self.settings.worker_lease_seconds)
-        job = Job(
-            id=job_id,
-            owner=caller.owner,
-            model=body.model,
-            status=JobStatus.PENDING.value,
-            input=normalized_input,
-            metadata_=dict(body.metadata),
-            webhook_url=body.webhook_url,
-            progress=0,
-            created_at=created_at,
-            updated_at=created_at,
-            # The API holds the first submission attempt; if this process dies before it
-            # records the outcome, the lease expires and the worker takes over.
-            submit_attempts=1,
-            poll_attempts=0,
-            submit_started_at=now,
-            next_check_at=now + lease,
-            lease_owner=lease_owner,
-            lease_expires_at=now + lease,
-        )
-        async with self.db.write() as session:
+        # New work waits behind work in progress on SQLite; the clock (and so the lease)
+        # starts once its turn has come.
+        async with self.db.write(Priority.ADMISSION) as session:
+            now = utcnow()
+            job = self._new_job(caller, body, normalized_input, lease_owner, now)
+            job_id = job.id
             if caller.key_id is not None:
                 await charge(
                     session, key_id=caller.key_id, limit=self.settings.rate_limit_jobs_per_minute
@@ -211,6 +193,38 @@ class JobService:
                 now=now,
             )
         return job
+
+    def _new_job(
+        self,
+        caller: Caller,
+        body: JobCreate,
+        normalized_input: dict[str, Any],
+        lease_owner: str,
+        now: datetime,
+    ) -> Job:
+        job_id = new_job_id(now)
+        created_at = job_id_time(job_id)
+        lease = timedelta(seconds=self.settings.worker_lease_seconds)
+        return Job(
+            id=job_id,
+            owner=caller.owner,
+            model=body.model,
+            status=JobStatus.PENDING.value,
+            input=normalized_input,
+            metadata_=dict(body.metadata),
+            webhook_url=body.webhook_url,
+            progress=0,
+            created_at=created_at,
+            updated_at=created_at,
+            # The API holds the first submission attempt; if this process dies before it
+            # records the outcome, the lease expires and the worker takes over.
+            submit_attempts=1,
+            poll_attempts=0,
+            submit_started_at=now,
+            next_check_at=now + lease,
+            lease_owner=lease_owner,
+            lease_expires_at=now + lease,
+        )
 
     async def _expire_key(self, session: Any, owner: str, key: str) -> None:
         """A key older than the retention window may be used again."""
@@ -244,8 +258,7 @@ class JobService:
         if is_terminal(target):
             # A submit answer is not a confirmation: only the status endpoint ends a job.
             target, next_check = JobStatus.QUEUED, now
-        # Urgent: until this commits, a crash would leave a paid task unknown to us.
-        async with self.db.write(urgent=True) as session:
+        async with self.db.write(Priority.RECORD) as session:
             changed = await repo.record_task(
                 session,
                 job_id=job.id,
