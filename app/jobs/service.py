@@ -120,7 +120,9 @@ class JobService:
         except asyncio.CancelledError:
             # Shutting down mid-submission: hand the job to the worker now rather than
             # when the lease runs out. Its outcome is unknown, so it is treated as such.
-            hand_over = asyncio.create_task(self._hand_over(job, lease_owner))
+            hand_over = asyncio.create_task(
+                self.transitions.release(job, lease_owner, due_now=True)
+            )
             self._finishing.add(hand_over)
             hand_over.add_done_callback(self._finishing.discard)
             await asyncio.shield(hand_over)
@@ -130,15 +132,6 @@ class JobService:
         async with self.db.read() as session:
             fresh = await repo.get_job(session, job.id)
         return (fresh or job), True
-
-    async def _hand_over(self, job: Job, lease_owner: str) -> None:
-        async with self.db.write() as session:
-            await repo.update_held(
-                session,
-                job_id=job.id,
-                lease_owner=lease_owner,
-                values={"lease_owner": None, "lease_expires_at": None, "next_check_at": utcnow()},
-            )
 
     async def _replay(self, caller: Caller, key: str, fingerprint: str | None) -> Job | None:
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)

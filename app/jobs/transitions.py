@@ -18,6 +18,7 @@ from app.jobs import repository as repo
 from app.jobs.models import Job
 from app.jobs.states import JobStatus, is_terminal
 from app.metrics import JOB_DURATION, JOBS_FINISHED
+from app.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -130,14 +131,13 @@ class Transitions:
         }
         await repo.update_held(session, job_id=job.id, lease_owner=lease_owner, values=values)
 
-    async def release(self, job: Job, lease_owner: str) -> None:
+    async def release(self, job: Job, lease_owner: str, *, due_now: bool = False) -> None:
+        """Give up our lease; `due_now` makes the job due for the worker at once."""
         async with self.db.write() as session:
-            await repo.update_held(
-                session,
-                job_id=job.id,
-                lease_owner=lease_owner,
-                values={"lease_owner": None, "lease_expires_at": None},
-            )
+            values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+            if due_now:
+                values["next_check_at"] = utcnow()
+            await repo.update_held(session, job_id=job.id, lease_owner=lease_owner, values=values)
 
 
 def webhook_due(job: Job, now: datetime) -> datetime | None:

@@ -57,8 +57,8 @@ class ClaimLoop:
 
     async def claim(self, limit: int | None = None) -> list[str]:
         settings = self.runtime.settings
-        now = utcnow()
         async with self.runtime.db.write() as session:
+            now = utcnow()  # once our turn has come: the lease starts now, not while queued
             return await repo.claim_due(
                 session,
                 statuses=self.statuses,
