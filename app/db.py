@@ -89,6 +89,7 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
+        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         # SQLite has one writer; queueing writers here is cheaper than spinning on the lock.
@@ -113,6 +114,15 @@ class Database:
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a write transaction, for lean hot paths."""
         async with self._writer_turn(Priority.PROGRESS), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def statement_connection(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL only: a connection on which each statement commits on its own, so a
+        single-statement write costs one round trip (no BEGIN, no COMMIT)."""
+        if self.is_sqlite:
+            raise RuntimeError("SQLite writes take their turn: use write()")
+        async with self._autocommit_engine.connect() as conn:
             yield conn
 
     @contextlib.asynccontextmanager

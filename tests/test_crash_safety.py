@@ -355,6 +355,36 @@ async def test_a_provider_answer_that_outlives_the_lease_is_still_recorded(
     assert done["provider"]["task_id"] == task["task_id"]
 
 
+async def test_a_submit_answer_that_comes_after_a_resubmission_changes_nothing(
+    start_service: ServiceFactory, simulator: Simulator
+) -> None:
+    """The first answer takes longer than the lease and the grace, so the job was submitted
+    again and the second task recorded. The first answer, when it finally comes, is kept as
+    an event; it neither replaces the recorded task nor moves the job."""
+    service = await start_service(worker_lease_seconds=5, uncertain_submit_grace_seconds=1)
+    await simulator.set_faults(slow_after_accept_rate=1, slow_seconds=9, drop_callback_rate=1)
+    request = asyncio.create_task(service.client.create_job(TEXT_JOB))
+    [first] = await eventually(simulator.tasks, lambda tasks: len(tasks) == 1)
+    await simulator.set_faults(slow_after_accept_rate=0, drop_callback_rate=0)
+    job_id = first["job_id"]
+    tasks = await eventually(lambda: tasks_of(simulator, job_id), lambda tasks: len(tasks) == 2)
+    second = next(task for task in tasks if task["task_id"] != first["task_id"])
+    created = await asyncio.wait_for(request, 30)
+    assert created.status_code == 201, created.text
+
+    done = await service.client.wait_for_status(job_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+    assert done["provider"]["task_id"] == second["task_id"]
+    events = await service.client.events(job_id)
+    [recorded] = [event for event in events if event["type"] == "provider.submitted"]
+    assert recorded["data"]["task_id"] == second["task_id"]
+    [late] = [event for event in events if event["type"] == "provider.duplicate_task"]
+    assert late["data"]["task_id"] == first["task_id"]
+    changes = [event["data"] for event in events if event["type"] == "job.status_changed"]
+    assert [change["from"] for change in changes].count("pending") == 1
+    assert changes[-1]["to"] == "succeeded"
+
+
 async def test_a_late_submit_answer_saying_finished_is_confirmed_before_success(
     start_service: ServiceFactory, simulator: Simulator
 ) -> None:

@@ -6,9 +6,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.db_types import JSONType, UTCDateTime
 from app.jobs.models import Job, JobEvent
 from app.jobs.states import JobStatus, sources_of
 
@@ -55,21 +68,71 @@ async def change_status(
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
+def _task_unrecorded(job_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (
+        Job.id == job_id,
+        Job.status == JobStatus.PENDING.value,
+        Job.provider_task_id.is_(None),
+    )
+
+
 async def record_task(
     session: AsyncSession, *, job_id: str, target: JobStatus, values: dict[str, Any]
 ) -> bool:
     """Compare-and-set a pending job that has no provider task yet to `target`."""
     result = await session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.PENDING.value,
-            Job.provider_task_id.is_(None),
-        )
+        .where(*_task_unrecorded(job_id))
         .values(status=target.value, **values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+async def record_task_in_one_statement(
+    conn: AsyncConnection,
+    *,
+    job_id: str,
+    target: JobStatus,
+    values: dict[str, Any],
+    task_data: dict[str, Any],
+    status_data: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """`record_task` and its events as one PostgreSQL statement (atomic on its own).
+
+    On an autocommit connection this is one round trip instead of five (BEGIN, UPDATE,
+    two INSERTs, COMMIT); the shorter the time between "the provider accepted" and "we
+    recorded it", the fewer crashes fall inside it.
+    """
+    moved = (
+        update(Job)
+        .where(*_task_unrecorded(job_id))
+        .values(status=target.value, **values)
+        .returning(Job.id)
+        .cte("moved")
+    )
+
+    def event(type_: str, data: dict[str, Any]) -> Select[str, str, Any, datetime]:
+        return select(
+            literal(job_id, String),
+            literal(type_, String),
+            literal(data, JSONType),
+            literal(now, UTCDateTime),
+        )
+
+    events = union_all(
+        event("provider.submitted", task_data).select_from(moved),
+        event("job.status_changed", status_data).select_from(moved),
+        event("provider.duplicate_task", task_data).where(~exists(select(moved.c.id))),
+    )
+    result = await conn.execute(
+        insert(JobEvent)
+        .from_select(["job_id", "type", "data", "created_at"], events)
+        .add_cte(moved)
+        .returning(JobEvent.type)
+    )
+    return "provider.submitted" in result.scalars().all()
 
 
 async def request_check(

@@ -29,7 +29,12 @@ from app.jobs.confirmation import Confirmation
 from app.jobs.models import IdempotencyKey, Job
 from app.jobs.schemas import JobCreate
 from app.jobs.states import JobStatus, from_provider, is_terminal
-from app.jobs.transitions import Transitions, recheck_unless_new_callback, status_event
+from app.jobs.transitions import (
+    Transitions,
+    note_status_change,
+    recheck_unless_new_callback,
+    status_change_data,
+)
 from app.metrics import JOBS_CREATED
 from app.provider.client import PoyoClient, ProviderRejected, ProviderUnavailable
 from app.provider.schemas import SubmittedTask
@@ -251,34 +256,54 @@ class JobService:
         if is_terminal(target):
             # A submit answer is not a confirmation: only the status endpoint ends a job.
             target, next_check = JobStatus.QUEUED, now
-        async with self.db.write(Priority.RECORD) as session:
-            changed = await repo.record_task(
-                session,
-                job_id=job.id,
-                target=target,
-                values={
-                    "provider_task_id": task.task_id,
-                    "provider_status": task.status.value,
-                    "submitted_at": now,
-                    "updated_at": now,
-                    "submit_started_at": None,
-                    "next_check_at": recheck_unless_new_callback(job, next_check, now),
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                },
-            )
-            event = "provider.submitted" if changed else "provider.duplicate_task"
-            await repo.add_event(
-                session,
-                job_id=job.id,
-                type=event,
-                data={"task_id": task.task_id, "attempt": job.submit_attempts},
-                now=now,
-            )
-            if changed:
-                await status_event(session, job, JobStatus.PENDING, target, now)
-        if not changed:
+        values = {
+            "provider_task_id": task.task_id,
+            "provider_status": task.status.value,
+            "submitted_at": now,
+            "updated_at": now,
+            "submit_started_at": None,
+            "next_check_at": recheck_unless_new_callback(job, next_check, now),
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        task_data = {"task_id": task.task_id, "attempt": job.submit_attempts}
+        if self.db.is_sqlite:
+            changed = await self._record_task_in_turn(job, target, values, task_data, now)
+        else:
+            async with self.db.statement_connection() as conn:
+                changed = await repo.record_task_in_one_statement(
+                    conn,
+                    job_id=job.id,
+                    target=target,
+                    values=values,
+                    task_data=task_data,
+                    status_data=status_change_data(JobStatus.PENDING, target),
+                    now=now,
+                )
+        if changed:
+            note_status_change(job, JobStatus.PENDING, target, now)
+        else:
             log.warning("provider_task_not_recorded", job_id=job.id, task_id=task.task_id)
+
+    async def _record_task_in_turn(
+        self,
+        job: Job,
+        target: JobStatus,
+        values: dict[str, Any],
+        task_data: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """SQLite: the task is recorded in the first write turn that comes free."""
+        async with self.db.write(Priority.RECORD) as session:
+            changed = await repo.record_task(session, job_id=job.id, target=target, values=values)
+            event = "provider.submitted" if changed else "provider.duplicate_task"
+            await repo.add_event(session, job_id=job.id, type=event, data=task_data, now=now)
+            if changed:
+                data = status_change_data(JobStatus.PENDING, target)
+                await repo.add_event(
+                    session, job_id=job.id, type="job.status_changed", data=data, now=now
+                )
+        return changed
 
     async def _record_rejection(self, job: Job, lease_owner: str, exc: ProviderRejected) -> None:
         now = utcnow()

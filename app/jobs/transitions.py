@@ -162,10 +162,23 @@ async def status_event(
     error: dict[str, str] | None = None,
 ) -> None:
     """Record a status change (committed with it) and count a job that ended."""
+    data = status_change_data(current, target, error)
+    await repo.add_event(session, job_id=job.id, type="job.status_changed", data=data, now=now)
+    note_status_change(job, current, target, now)
+
+
+def status_change_data(
+    current: JobStatus, target: JobStatus, error: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The data of a `job.status_changed` event."""
     data: dict[str, Any] = {"from": current.value, "to": target.value}
     if error is not None:
         data["error"] = error
-    await repo.add_event(session, job_id=job.id, type="job.status_changed", data=data, now=now)
+    return data
+
+
+def note_status_change(job: Job, current: JobStatus, target: JobStatus, now: datetime) -> None:
+    """Log a committed status change and count a job that ended."""
     log.info("job_status_changed", job_id=job.id, status_from=current.value, status_to=target.value)
     if is_terminal(target):
         JOBS_FINISHED.labels(job.model, target.value).inc()
