@@ -13,6 +13,7 @@ def isoformat_z(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, millisecond precision, as clients expect."""
     if value is None:
         return None
-    return (
-        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    )
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat: four-digit years, and about twice as fast as strftime on the list path.
+    return value.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"

@@ -90,10 +90,14 @@ async def authenticate(db: Database, token: str) -> Caller | None:
     if match is None:
         return None
     key_id, secret = KEY_PREFIX + match.group(1), match.group(2)
-    async with db.read() as session:
-        key = await session.get(ApiKey, key_id)
+    keys = ApiKey.__table__.c
+    query = select(keys.name, keys.secret_hash, keys.is_admin, keys.revoked_at).where(
+        keys.id == key_id
+    )
+    async with db.read_connection() as conn:
+        key = (await conn.execute(query)).first()
     stored = key.secret_hash if key is not None else _DUMMY_HASH
     valid = hmac.compare_digest(stored.encode(), _hash(secret).encode())
     if key is None or not valid or key.revoked_at is not None:
         return None
-    return Caller(owner=key.name, key_id=key.id, is_admin=key.is_admin)
+    return Caller(owner=key.name, key_id=key_id, is_admin=key.is_admin)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import Database
 from app.jobs import repository as repo
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import Job, JobEvent, JobRecord
 from app.jobs.states import (
     JobStatus,
     ProviderStatus,
@@ -50,7 +50,7 @@ class Confirmation:
         self.transitions = transitions
         self.on_check_requested = on_check_requested
 
-    async def refresh_if_watched(self, job: Job) -> None:
+    async def refresh_if_watched(self, job: JobRecord) -> None:
         """A client is reading this job: if it is in flight and has not been checked for
         PROGRESS_REFRESH_SECONDS, have the worker ask the provider now."""
         seconds = self.settings.progress_refresh_seconds

@@ -1,7 +1,9 @@
 """The read side: one job, a page of jobs, a job's audit trail. Tenancy is applied here.
 
 Pages are keyset-paginated on the job id, which is time-ordered (ids.py), so the cost of
-a page does not depend on how deep it is or how long the history grows.
+a page does not depend on how deep it is or how long the history grows. Reads are plain
+Core statements on a read connection: clients poll these endpoints in tight loops, and
+the ORM's session and identity map would cost more than the query itself.
 """
 
 from __future__ import annotations
@@ -12,17 +14,27 @@ import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
-from app.db import Database
+from app.db import Database, plain_columns
 from app.errors import InvalidRequest, NotFound
 from app.ids import job_id_bound
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import EventRecord, Job, JobEvent, JobRecord
 from app.jobs.service import Caller
 from app.jobs.states import JobStatus
 
 JOB_ID = re.compile(r"^job_[0-9a-z]{26}$")
+_JOBS = Job.__table__.c
+_EVENTS = JobEvent.__table__.c
+_JOB_FIELDS = plain_columns(Job)
+_EVENT_FIELDS = plain_columns(JobEvent)
+
+
+def _jobs_of(caller: Caller) -> Select[Any]:
+    query = select(*_JOB_FIELDS)
+    return query if caller.scope is None else query.where(_JOBS.owner == caller.scope)
 
 
 @dataclass(frozen=True)
@@ -69,39 +81,39 @@ def _ms_ceiling(moment: datetime) -> datetime:
     return moment
 
 
-async def get_job(db: Database, *, caller: Caller, job_id: str) -> Job:
+async def get_job(db: Database, *, caller: Caller, job_id: str) -> JobRecord:
     """The caller's job; another owner's job is as unknown as a missing one."""
     if JOB_ID.match(job_id):
-        async with db.read() as session:
-            query = select(Job).where(Job.id == job_id)
-            if caller.scope is not None:
-                query = query.where(Job.owner == caller.scope)
-            job = (await session.execute(query)).scalar_one_or_none()
-            if job is not None:
-                return job
+        async with db.read_connection() as conn:
+            query = _jobs_of(caller).where(_JOBS.id == job_id)
+            job: JobRecord | None = (await conn.execute(query)).first()
+        if job is not None:
+            return job
     shown = job_id if len(job_id) <= 64 else job_id[:61] + "..."
     raise NotFound(f"no job with id {shown!r}")
 
 
 async def list_jobs(
     db: Database, *, caller: Caller, filters: JobFilter, limit: int, cursor: str | None
-) -> tuple[list[Job], str | None]:
+) -> tuple[list[JobRecord], str | None]:
     """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
-    if caller.scope is not None:
-        query = query.where(Job.owner == caller.scope)
+    query = _jobs_of(caller).order_by(_JOBS.id.desc()).limit(limit + 1)
     if filters.status is not None:
-        query = query.where(Job.status == filters.status.value)
+        query = query.where(_JOBS.status == filters.status.value)
     if filters.model is not None:
-        query = query.where(Job.model == filters.model)
+        query = query.where(_JOBS.model == filters.model)
     if filters.created_after is not None:
-        query = query.where(Job.id >= job_id_bound(_ms_ceiling(filters.created_after), upper=False))
+        query = query.where(
+            _JOBS.id >= job_id_bound(_ms_ceiling(filters.created_after), upper=False)
+        )
     if filters.created_before is not None:
-        query = query.where(Job.id < job_id_bound(_ms_ceiling(filters.created_before), upper=False))
+        query = query.where(
+            _JOBS.id < job_id_bound(_ms_ceiling(filters.created_before), upper=False)
+        )
     if cursor is not None:
-        query = query.where(Job.id < decode_cursor(cursor, JOB_ID))
-    async with db.read() as session:
-        jobs = list((await session.execute(query)).scalars())
+        query = query.where(_JOBS.id < decode_cursor(cursor, JOB_ID))
+    async with db.read_connection() as conn:
+        jobs: list[JobRecord] = list((await conn.execute(query)).all())
     if len(jobs) > limit:
         return jobs[:limit], encode_cursor(jobs[limit - 1].id)
     return jobs, None
@@ -113,17 +125,19 @@ MAX_EVENT_ID = 2**63 - 1  # event ids are signed 64-bit integers
 
 async def list_events(
     db: Database, *, caller: Caller, job_id: str, limit: int, cursor: str | None
-) -> tuple[list[JobEvent], str | None]:
+) -> tuple[list[EventRecord], str | None]:
     """The job's audit trail, oldest first."""
     await get_job(db, caller=caller, job_id=job_id)
-    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(limit + 1)
+    query = (
+        select(*_EVENT_FIELDS).where(_EVENTS.job_id == job_id).order_by(_EVENTS.id).limit(limit + 1)
+    )
     if cursor is not None:
         after = int(decode_cursor(cursor, EVENT_CURSOR))
         if after > MAX_EVENT_ID:
             raise _invalid_cursor()
-        query = query.where(JobEvent.id > after)
-    async with db.read() as session:
-        events = list((await session.execute(query)).scalars())
+        query = query.where(_EVENTS.id > after)
+    async with db.read_connection() as conn:
+        events: list[EventRecord] = list((await conn.execute(query)).all())
     if len(events) > limit:
         return events[:limit], encode_cursor(str(events[limit - 1].id))
     return events, None

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.catalog.fields import HttpUrl
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import EventRecord, JobRecord
 from app.jobs.states import JobStatus
 from app.timeutil import isoformat_z
 
@@ -179,7 +179,7 @@ class EventList(BaseModel):
     next_cursor: str | None = None
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
+def job_to_dict(job: JobRecord) -> dict[str, Any]:
     """The public JSON of a job; built by hand because this is the hottest read path."""
     return {
         "id": job.id,
@@ -204,7 +204,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def event_to_dict(event: JobEvent) -> dict[str, Any]:
+def event_to_dict(event: EventRecord) -> dict[str, Any]:
     return {
         "id": f"evt_{event.id}",
         "type": event.type,
