@@ -85,6 +85,12 @@ def serve(
     import uvicorn
 
     settings = settings_or_exit()
+    if workers > 1 and settings.is_sqlite:
+        typer.echo(
+            "warning: SQLite has one writer; several worker processes only compete for its "
+            "lock (slower, with long tail latencies). Use one worker, or PostgreSQL to scale out.",
+            err=True,
+        )
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.callbacks.credentials import CALLBACK_PATH
+from app.callbacks.router import fast_route as callback_fast_route
 from app.callbacks.router import router as callbacks_router
 from app.catalog.router import router as models_router
 from app.config import SANDBOX_MOUNT_PATH, Settings, SettingsError, get_settings
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.router.routes.append(callback_fast_route())
     for router in (jobs_router, models_router, webhooks_router, callbacks_router, ops_router):
         app.include_router(router)
     if simulator is not None:

@@ -38,6 +38,9 @@ BENCHMARKS = ("ingest", "reads", "e2e")
 RSS_GOAL_MB = 150.0
 
 
+DEFAULT_WORKERS = {"postgresql": 2, "sqlite": 1}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
@@ -45,7 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(BENCHMARKS), help="comma-separated: ingest,reads,e2e"
     )
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers for ingest")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="uvicorn workers for ingest (default: 2 on PostgreSQL, 1 on SQLite, whose one "
+        "writer a second process can only compete for)",
+    )
     parser.add_argument("--concurrency", type=int, default=50, help="ingest concurrency")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--wrk-threads", type=int, default=1)
@@ -92,7 +101,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 try:
                     if name == "ingest":
                         options = ingest.IngestOptions(
-                            workers=args.workers,
+                            workers=args.workers or DEFAULT_WORKERS[backend],
                             concurrency=args.concurrency,
                             threads=args.wrk_threads,
                             generator=generator,

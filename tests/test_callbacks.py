@@ -130,6 +130,19 @@ async def test_wrong_credential_is_401_unknown_job_is_404(
         assert response.json()["error"]["type"] == "not_found"
 
 
+async def test_only_post_is_answered_on_a_callback_url(
+    relay: Service, provider: ProviderStandIn
+) -> None:
+    job, _ = await queued_job(relay)
+    url = relay.runtime.credentials.url(job["id"])
+    trail = await relay.client.events(job["id"])
+    for method in ("GET", "PUT", "DELETE"):
+        response = await relay.client.http.request(method, url)
+        assert_error(response, 405)
+        assert response.headers["allow"] == "POST"
+    assert await relay.client.events(job["id"]) == trail
+
+
 UNREADABLE = [
     b"not json at all",
     b"",

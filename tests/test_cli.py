@@ -373,3 +373,28 @@ async def test_migrate_from_any_directory(tmp_path: Path) -> None:
     assert broken.code == 1, broken
     assert "migration failed" in broken.stderr
     assert "Traceback" not in broken.output
+
+
+@pytest.mark.parametrize(
+    ("database_url", "warned"),
+    [
+        ("sqlite+aiosqlite:///./relay.db", True),
+        ("postgresql+asyncpg://postgres@127.0.0.1:5432/test", False),
+    ],
+)
+async def test_serve_warns_that_sqlite_gains_nothing_from_several_workers(
+    database_url: str, warned: bool, tmp_path: Path
+) -> None:
+    # The port is taken, so uvicorn stops right after the command has spoken.
+    taken = free_socket()
+    taken.listen()
+    try:
+        port = str(taken.getsockname()[1])
+        result = await run_cli(
+            "serve", "--port", port, "--workers", "2",
+            env=clean_env(DATABASE_URL=database_url), cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.code != 0, result
+    assert ("warning: SQLite has one writer" in result.stderr) is warned, result.stderr
