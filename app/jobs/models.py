@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
     Index,
     Integer,
+    Row,
     String,
     text,
 )
@@ -72,59 +73,6 @@ class Job(Base):
     )
 
 
-class JobRecord(Protocol):
-    """What the read side needs of a stored job: an ORM `Job`, or a Core row selected with
-    `plain_columns(Job)` (queries.py), which costs a fraction of an ORM load."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def input(self) -> dict[str, Any]: ...
-    @property
-    def metadata_(self) -> dict[str, str]: ...
-    @property
-    def webhook_url(self) -> str | None: ...
-    @property
-    def provider_task_id(self) -> str | None: ...
-    @property
-    def provider_status(self) -> str | None: ...
-    @property
-    def progress(self) -> int: ...
-    @property
-    def outputs(self) -> list[dict[str, Any]] | None: ...
-    @property
-    def error(self) -> dict[str, Any] | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def updated_at(self) -> datetime: ...
-    @property
-    def submitted_at(self) -> datetime | None: ...
-    @property
-    def completed_at(self) -> datetime | None: ...
-    @property
-    def checked_at(self) -> datetime | None: ...
-    @property
-    def next_check_at(self) -> datetime | None: ...
-
-
-class EventRecord(Protocol):
-    """A stored event: an ORM `JobEvent` or a Core row (see JobRecord)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def data(self) -> dict[str, Any]: ...
-
-
 class JobEvent(Base):
     __tablename__ = "job_events"
 
@@ -150,3 +98,9 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+# What the read side handles: an ORM object, or a Core row selected with
+# `plain_columns(...)` (queries.py), which reads like one at a fraction of the cost.
+JobRecord: TypeAlias = Job | Row[Any]
+EventRecord: TypeAlias = JobEvent | Row[Any]
