@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from app.auth.models import ApiKey
 from app.db import Database
@@ -24,6 +24,11 @@ from app.timeutil import utcnow
 TOKEN_PREFIX = "prk_"  # noqa: S105 - a prefix, not a secret
 _TOKEN = re.compile(r"^prk_([0-9a-z]{26})_([A-Za-z0-9_-]{43,86})$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KEYS = ApiKey.__table__.c
+# Built once: every authenticated request runs it.
+_KEY_BY_ID = select(_KEYS.name, _KEYS.secret_hash, _KEYS.is_admin, _KEYS.revoked_at).where(
+    _KEYS.id == bindparam("key_id")
+)
 # Compared against when the key id is unknown, so both paths cost the same.
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -90,12 +95,8 @@ async def authenticate(db: Database, token: str) -> Caller | None:
     if match is None:
         return None
     key_id, secret = KEY_PREFIX + match.group(1), match.group(2)
-    keys = ApiKey.__table__.c
-    query = select(keys.name, keys.secret_hash, keys.is_admin, keys.revoked_at).where(
-        keys.id == key_id
-    )
     async with db.read_connection() as conn:
-        key = (await conn.execute(query)).first()
+        key = (await conn.execute(_KEY_BY_ID, {"key_id": key_id})).first()
     stored = key.secret_hash if key is not None else _DUMMY_HASH
     valid = hmac.compare_digest(stored.encode(), _hash(secret).encode())
     if key is None or not valid or key.revoked_at is not None:

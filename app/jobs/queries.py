@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 
 from app.db import Database, plain_columns
 from app.errors import InvalidRequest, NotFound
@@ -30,6 +30,11 @@ _JOBS = Job.__table__.c
 _EVENTS = JobEvent.__table__.c
 _JOB_FIELDS = plain_columns(Job)
 _EVENT_FIELDS = plain_columns(JobEvent)
+
+
+# Built once, for the endpoint clients poll.
+_JOB_BY_ID = select(*_JOB_FIELDS).where(_JOBS.id == bindparam("job_id"))
+_OWN_JOB_BY_ID = _JOB_BY_ID.where(_JOBS.owner == bindparam("owner"))
 
 
 def _jobs_of(caller: Caller) -> Select[Any]:
@@ -84,9 +89,12 @@ def _ms_ceiling(moment: datetime) -> datetime:
 async def get_job(db: Database, *, caller: Caller, job_id: str) -> JobRecord:
     """The caller's job; another owner's job is as unknown as a missing one."""
     if JOB_ID.match(job_id):
+        if caller.scope is None:
+            query, params = _JOB_BY_ID, {"job_id": job_id}
+        else:
+            query, params = _OWN_JOB_BY_ID, {"job_id": job_id, "owner": caller.scope}
         async with db.read_connection() as conn:
-            query = _jobs_of(caller).where(_JOBS.id == job_id)
-            job: JobRecord | None = (await conn.execute(query)).first()
+            job: JobRecord | None = (await conn.execute(query, params)).first()
         if job is not None:
             return job
     shown = job_id if len(job_id) <= 64 else job_id[:61] + "..."
