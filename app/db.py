@@ -99,13 +99,12 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
-        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # (pysqlite is left in autocommit mode by _configure_sqlite already; switching its
         # isolation level back and forth would hand BEGIN back to the sqlite3 module.)
         self._single_statement_engine = (
             self.engine.execution_options(**{_SINGLE_STATEMENT: True})
             if self.is_sqlite
-            else self._autocommit_engine
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
@@ -146,7 +145,7 @@ class Database:
         single-statement write costs one round trip (no BEGIN, no COMMIT)."""
         if self.is_sqlite:
             raise RuntimeError("SQLite writes take their turn: use write()")
-        async with self._autocommit_engine.connect() as conn:
+        async with self._single_statement_engine.connect() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
