@@ -24,10 +24,11 @@ run: $(STAMP)  ## migrate the database and serve the API with its worker (sandbo
 test: $(STAMP)  ## the whole suite, on SQLite and on PostgreSQL
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format, mypy --strict (app, bench, tests), import layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import signal
 import sys
@@ -24,6 +25,8 @@ from app.jobs.states import JobStatus
 
 if TYPE_CHECKING:
     import httpx
+
+    from app.db import Database
 
 T = TypeVar("T")
 
@@ -120,7 +123,6 @@ def worker(
     """Run the background worker alone (set RUN_WORKER=false on the API replicas)."""
     from app.logs import configure_logging
     from app.runtime import Runtime
-    from app.worker.runner import Worker
 
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -139,7 +141,7 @@ def worker(
 
     async def main() -> None:
         runtime = await Runtime.start(settings)
-        running = Worker(runtime)
+        running = runtime.worker()
 
         async def start() -> None:
             running.start()
@@ -295,10 +297,18 @@ def _masked(value: Any) -> str:
 # ---- keys --------------------------------------------------------------------------
 
 
-def _db() -> Any:
+def _with_db(work: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run `work` against the configured database, closed afterwards."""
     from app.db import Database
 
-    return Database(_operator_settings())
+    async def main() -> T:
+        db = Database(settings or _operator_settings())
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return run_async(main())
 
 
 def _operator_settings() -> Settings:
@@ -319,15 +329,8 @@ def keys_create(
     """Create a key and print it once, as the last word of the output."""
     from app.auth.service import create_key
 
-    async def main() -> tuple[Any, str]:
-        db = _db()
-        try:
-            return await create_key(db, name=name, is_admin=admin)
-        finally:
-            await db.dispose()
-
     try:
-        info, token = run_async(main())
+        info, token = _with_db(lambda db: create_key(db, name=name, is_admin=admin))
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -344,15 +347,8 @@ def keys_list() -> None:
     from app.auth.service import list_keys
     from app.timeutil import isoformat_z
 
-    async def main() -> list[Any]:
-        db = _db()
-        try:
-            return await list_keys(db)
-        finally:
-            await db.dispose()
-
     table = Table("id", "name", "admin", "created", "revoked")
-    for key in run_async(main()):
+    for key in _with_db(list_keys):
         table.add_row(
             key.id,
             key.name,
@@ -370,14 +366,7 @@ def keys_revoke(
     """Revoke keys; effective at once."""
     from app.auth.service import revoke
 
-    async def main() -> int:
-        db = _db()
-        try:
-            return await revoke(db, name_or_id=name_or_id)
-        finally:
-            await db.dispose()
-
-    count = run_async(main())
+    count = _with_db(lambda db: revoke(db, name_or_id=name_or_id))
     if count == 0:
         err.print(f"no live key matches {name_or_id!r}")
         raise typer.Exit(EXIT_FAILED)
@@ -563,25 +552,27 @@ def _follow(
 
     deadline = None if timeout is None else time.monotonic() + timeout
 
-    def read() -> dict[str, Any]:
-        return _call(client, "GET", f"/v1/jobs/{job['id']}")
-
-    def describe(current: dict[str, Any]) -> str:
-        return f"{current['id']} [bold]{current['status']}[/bold]"
+    def watch(show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        current = job
+        show(current)
+        while current["status"] not in _TERMINAL and time.monotonic() < (deadline or math.inf):
+            time.sleep(poll_interval)
+            current = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            show(current)
+        return current
 
     if not err.is_terminal:
         # No live display in logs and pipes: a line whenever the job moves.
-        seen = (job["status"], job["progress"])
-        err.print(f"{job['id']} {job['status']} {job['progress']}%", highlight=False)
-        while job["status"] not in _TERMINAL:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            time.sleep(poll_interval)
-            job = read()
-            if (job["status"], job["progress"]) != seen:
-                seen = (job["status"], job["progress"])
-                err.print(f"{job['id']} {job['status']} {job['progress']}%", highlight=False)
-        return job
+        shown: list[tuple[str, int]] = []
+
+        def line(current: dict[str, Any]) -> None:
+            if [(current["status"], current["progress"])] != shown[-1:]:
+                shown.append((current["status"], current["progress"]))
+                err.print(
+                    f"{current['id']} {current['status']} {current['progress']}%", highlight=False
+                )
+
+        return watch(line)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -589,14 +580,13 @@ def _follow(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err) as progress:
-        bar = progress.add_task(describe(job), total=100, completed=job["progress"])
-        while job["status"] not in _TERMINAL:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            time.sleep(poll_interval)
-            job = read()
-            progress.update(bar, completed=job["progress"], description=describe(job))
-    return job
+        bar = progress.add_task(job["id"], total=100)
+
+        def update(current: dict[str, Any]) -> None:
+            description = f"{current['id']} [bold]{current['status']}[/bold]"
+            progress.update(bar, completed=current["progress"], description=description)
+
+        return watch(update)
 
 
 @jobs_cli.command("list")
@@ -735,24 +725,14 @@ def prune(
     from app.ops.prune import prune as run_prune
 
     settings = _operator_settings()
-
-    async def main() -> Any:
-        from app.db import Database
-
-        db = Database(settings)
-        try:
-            return await run_prune(
-                db,
-                older_than=older_than,
-                idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
-                jobs=jobs,
-                batch_size=batch_size,
-            )
-        finally:
-            await db.dispose()
-
+    ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
     try:
-        result = run_async(main())
+        result = _with_db(
+            lambda db: run_prune(
+                db, older_than=older_than, idempotency_ttl=ttl, jobs=jobs, batch_size=batch_size
+            ),
+            settings,
+        )
     except Exception as exc:
         _fail(f"prune failed: {_one_line(exc)}", EXIT_FAILED)
     from app.timeutil import isoformat_z

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POYO_BASE_URL = "https://api.poyo.ai"
@@ -13,7 +13,7 @@ SANDBOX_MOUNT_PATH = "/sandbox"
 
 
 class Settings(BaseSettings):
-    """Every knob of the service, typed, with the defaults of CONTRACT §2."""
+    """Every knob of the service, typed, with its default (README, Configuration)."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
@@ -95,18 +95,14 @@ class Settings(BaseSettings):
     def _any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("public_base_url", "poyo_base_url")
+    @field_validator("public_base_url", "poyo_base_url", "sandbox_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @field_validator("sandbox_url")
-    @classmethod
-    def _optional_http_url(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must be empty or start with http:// or https://")
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        optional = info.field_name == "sandbox_url"
+        if (value or not optional) and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"must {'be empty or ' if optional else ''}start with http:// or https://"
+            )
         return value.rstrip("/")
 
     @field_validator("database_url")

@@ -1,18 +1,23 @@
-"""Engine, sessions and the declarative base.
+"""The database: engine, units of work, and what differs between SQLite and PostgreSQL.
 
-Transactions are explicit units of work: `db.write()` commits on success and rolls back
-on error, `db.read()` never writes. Services open them; repositories only flush.
+Reads load typed ORM objects (`read()`), or Core rows on the hot paths
+(`read_connection()`, no BEGIN/COMMIT). Writes are Core statements that repositories
+build, in units that services open (`write()`, or `single_write()` for one write that is
+atomic by itself). SQLite's writes take turns by priority (app/writer_turns.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from sqlalchemy import Label, MetaData, event, inspect
-from sqlalchemy.engine import Connection
+from sqlalchemy import Label, MetaData, event, exc, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -36,6 +41,9 @@ NAMING_CONVENTION = {
 
 _WRITE = "poyo_write"
 _SINGLE_STATEMENT = "poyo_single_statement"
+# PostgreSQL lets a few write transactions run at once; SQLite has one writer.
+POSTGRES_WRITE_CONCURRENCY = 3
+SUSPECT_POOL_SECONDS = 30.0
 
 
 def _json_dumps(value: Any) -> str:
@@ -50,6 +58,56 @@ def plain_columns(model: type[Base]) -> tuple[Label[Any], ...]:
     """A model's table columns, each labelled with its attribute name: a Core row then
     reads like the model (`row.metadata_`) without the ORM's cost per statement and row."""
     return tuple(prop.columns[0].label(prop.key) for prop in inspect(model).column_attrs)
+
+
+def row_values(obj: Base) -> dict[str, Any]:
+    """An ORM object's column values keyed by column name, for a Core INSERT (columns left
+    unset take their defaults)."""
+    values = {
+        prop.columns[0].key: getattr(obj, prop.key) for prop in inspect(type(obj)).column_attrs
+    }
+    return {column: value for column, value in values.items() if value is not None}
+
+
+def upsert(conn: AsyncConnection, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT in the connection's dialect, which can say what to do on a conflict."""
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a failover, a pooler
+    restart, an unreachable host): the request changed nothing and may be retried."""
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, exc.OperationalError | exc.InterfaceError
+        )
+    if isinstance(error, exc.InvalidRequestError):  # the pool's reconnections ran out
+        return str(error) == "This connection is closed"
+    # A driver's own errors while connecting: refused, reset, timed out, host unknown.
+    return isinstance(error, exc.TimeoutError | ConnectionError | TimeoutError | socket.gaierror)
+
+
+def _check_after_disconnects(engine: AsyncEngine) -> None:
+    """Once the database has dropped a connection (a failover, a pooler restart), pooled
+    ones may be dead too: for a while, each is checked before use and silently replaced
+    if dead, rather than costing every request a round trip all the time."""
+    suspect_until = 0.0
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        nonlocal suspect_until
+        if context.is_disconnect:
+            suspect_until = time.monotonic() + SUSPECT_POOL_SECONDS
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if time.monotonic() < suspect_until:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except Exception as error:
+                raise exc.DisconnectionError() from error  # the pool takes another
 
 
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
@@ -78,38 +136,37 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 
 
 class Database:
-    """One engine per process, a read session factory and a write session factory."""
+    """One engine per process, and the units of work built on it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.is_sqlite = settings.is_sqlite
-        kwargs: dict[str, Any] = {"pool_pre_ping": False}
-        if not self.is_sqlite:
-            kwargs |= {
-                "pool_size": settings.database_pool_size,
-                "max_overflow": settings.database_max_overflow,
-            }
-        else:
-            kwargs |= {"pool_size": 4, "max_overflow": 8}
+        self._is_sqlite = settings.is_sqlite
+        size, overflow = (
+            (4, 8)
+            if self._is_sqlite
+            else (settings.database_pool_size, settings.database_max_overflow)
+        )
         self.engine = create_async_engine(
             settings.database_url,
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
-            **kwargs,
+            pool_size=size,
+            max_overflow=overflow,
         )
-        if self.is_sqlite:
+        _check_after_disconnects(self.engine)
+        if self._is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
         # (pysqlite is left in autocommit mode by _configure_sqlite already; switching its
         # isolation level back and forth would hand BEGIN back to the sqlite3 module.)
         self._single_statement_engine = (
             self.engine.execution_options(**{_SINGLE_STATEMENT: True})
-            if self.is_sqlite
+            if self._is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         # SQLite has one writer; queueing writers here is cheaper than spinning on the lock.
-        self._writer_turns = WriterTurns() if self.is_sqlite else None
+        self._writer_turns = WriterTurns() if self._is_sqlite else None
+        self.write_concurrency = 1 if self._is_sqlite else POSTGRES_WRITE_CONCURRENCY
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -118,33 +175,23 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection for the hot read paths, where each statement stands alone:
-        it runs without BEGIN or COMMIT (PostgreSQL: two round trips fewer)."""
         async with self._single_statement_engine.connect() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def write(self, priority: Priority = Priority.PROGRESS) -> AsyncIterator[AsyncSession]:
+    async def write(self, priority: Priority = Priority.PROGRESS) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, its turn comes by `priority` (app.writer_turns)."""
-        async with (
-            self._writer_turn(priority),
-            self._write_sessions() as session,
-            session.begin(),
-        ):
-            yield session
-
-    @contextlib.asynccontextmanager
-    async def write_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection in a write transaction, for lean hot paths."""
-        async with self._writer_turn(Priority.PROGRESS), self._write_engine.begin() as conn:
+        async with self._writer_turn(priority), self._write_engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def statement_connection(self) -> AsyncIterator[AsyncConnection]:
-        """PostgreSQL only: a connection on which each statement commits on its own, so a
-        single-statement write costs one round trip (no BEGIN, no COMMIT)."""
-        if self.is_sqlite:
-            raise RuntimeError("SQLite writes take their turn: use write()")
+    async def single_write(self, priority: Priority) -> AsyncIterator[AsyncConnection]:
+        """A unit for one repository write that is atomic by itself: on PostgreSQL its one
+        statement commits on its own; SQLite runs it in a write transaction of its turn."""
+        if self._writer_turns is not None:
+            async with self.write(priority) as conn:
+                yield conn
+            return
         async with self._single_statement_engine.connect() as conn:
             yield conn
 

@@ -6,7 +6,6 @@ ordering by id is ordering by creation time and a time range is an id range.
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 
 from ulid import ULID
@@ -28,17 +27,8 @@ def job_id_time(job_id: str) -> datetime:
     return ULID.from_str(job_id.removeprefix(JOB_PREFIX).upper()).datetime.astimezone(UTC)
 
 
-def job_id_bound(moment: datetime, *, upper: bool) -> str:
-    """The smallest (or largest) job id that can have been created at `moment`'s millisecond."""
+def first_job_id_at(moment: datetime) -> str:
+    """The smallest job id that can have been created at `moment`'s millisecond."""
     millis = int(moment.timestamp() * 1000)
     millis = min(max(millis, 0), 2**48 - 1)
-    tail = b"\xff" * 10 if upper else b"\x00" * 10
-    return JOB_PREFIX + str(ULID(millis.to_bytes(6, "big") + tail)).lower()
-
-
-def truncate_to_millis(moment: datetime) -> datetime:
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def random_token(nbytes: int = 32) -> str:
-    return secrets.token_urlsafe(nbytes)
+    return JOB_PREFIX + str(ULID(millis.to_bytes(6, "big") + b"\x00" * 10)).lower()

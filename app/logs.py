@@ -76,13 +76,9 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is when a record is emitted, not when logging was
     configured: test runners and embedding applications replace it."""
 
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # (under the handler's lock)
+        super().emit(record)
 
 
 # uvicorn passes an ANSI-coloured copy of its message as an extra; it is noise in JSON.

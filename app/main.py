@@ -13,24 +13,23 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.callbacks.credentials import CALLBACK_PATH
-from app.callbacks.router import fast_route as callback_fast_route
-from app.callbacks.router import router as callbacks_router
+from app.callbacks.router import CallbackRoute
 from app.catalog.router import router as models_router
 from app.config import SANDBOX_MOUNT_PATH, Settings, SettingsError, get_settings
-from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
 from app.lifecycle import on_termination
 from app.logs import REDACTOR, configure_logging
-from app.middleware import BodySizeLimit, RequestContext
-from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, create_simulator
+from app.web.errors import install_error_handlers
+from app.web.middleware import BodySizeLimit, InFlight, RequestContext
+from app.web.openapi import install_openapi
 from app.webhooks.router import router as webhooks_router
-from app.worker.runner import Worker
 
 log = structlog.get_logger(__name__)
 
+REQUEST_HAND_OVER_SECONDS = 2.0
 DESCRIPTION = (
     "A durable broker for asynchronous video generation on PoYo AI. Submit a job, "
     "then read it, its outputs and its audit trail. Authenticate with "
@@ -61,11 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
 
+    in_flight = InFlight()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings)
         app.state.runtime = runtime
-        worker = Worker(runtime) if settings.run_worker else None
+        worker = runtime.worker() if settings.run_worker else None
         if worker is not None:
             worker.start()
         # Everything built so far lives as long as the process: keep it out of the garbage
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # It stopped claiming when the signal came; what is still running by the end
                 # of the connection drain is cancelled and its leases released.
                 await worker.stop(grace_seconds=1.0)
+            # Requests cut off by the server's drain hand their jobs over first.
+            await in_flight.drain(REQUEST_HAND_OVER_SECONDS)
             if simulator is not None:
                 await simulator.state.simulator.aclose()
             await runtime.close()
@@ -102,8 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.router.routes.append(callback_fast_route())
-    for router in (jobs_router, models_router, webhooks_router, callbacks_router, ops_router):
+    app.router.routes.append(CallbackRoute())
+    for router in (jobs_router, models_router, webhooks_router, ops_router):
         app.include_router(router)
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)
@@ -113,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.api_max_body_bytes,
         limits={CALLBACK_PATH: settings.callback_max_body_bytes},
     )
-    app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
+    app.add_middleware(RequestContext, in_flight=in_flight, access_log_enabled=settings.access_log)
     return app
 
 

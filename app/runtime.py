@@ -1,4 +1,8 @@
-"""Everything a process needs at run time, built once and closed once."""
+"""The composition root: everything a process needs at run time, built once, closed once.
+
+Routers reach services through it (app.web.deps); the worker's loops are built here, each
+with the one service method it needs.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,22 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
-from app.callbacks.credentials import CallbackCredentials, load_credentials
+from app.callbacks.credentials import CallbackCredentials
 from app.callbacks.service import CallbackService
 from app.config import Settings
 from app.db import Database
 from app.jobs.confirmation import Confirmation
+from app.jobs.leases import Queue
 from app.jobs.service import JobService
-from app.jobs.transitions import Transitions
+from app.jobs.states import IN_FLIGHT, TERMINAL, JobStatus
+from app.keyring.models import ServerKey
+from app.keyring.service import load_server_key
 from app.provider.client import PoyoClient
 from app.webhooks.service import WebhookSender
+from app.worker.loops import ClaimLoop, Handler
+from app.worker.runner import Worker
 
 
 class Wakeup:
@@ -35,15 +45,12 @@ class Wakeup:
             event.set()
 
 
-def instance_id() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}"
-
-
 @dataclass
 class Runtime:
     settings: Settings
     db: Database
     provider: PoyoClient
+    server_key: ServerKey
     credentials: CallbackCredentials
     jobs: JobService
     confirmation: Confirmation
@@ -55,7 +62,8 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         db = Database(settings)
-        credentials = await load_credentials(settings, db)
+        server_key = await load_server_key(settings, db)
+        credentials = CallbackCredentials(key=server_key, public_base_url=settings.public_base_url)
         provider = PoyoClient(
             base_url=settings.provider_base_url,
             api_key=settings.poyo_api_key.get_secret_value(),
@@ -64,47 +72,70 @@ class Runtime:
             max_connections=settings.provider_max_connections,
         )
         wakeup = Wakeup()
-        instance = instance_id()
-        transitions = Transitions(settings=settings, db=db)
+        instance = f"{socket.gethostname()[:40]}:{os.getpid()}"
         confirmation = Confirmation(
-            settings=settings,
-            db=db,
-            provider=provider,
-            transitions=transitions,
-            on_check_requested=wakeup.notify,
+            settings=settings, db=db, provider=provider, on_check_requested=wakeup.notify
         )
         jobs = JobService(
             settings=settings,
             db=db,
             provider=provider,
             callback_url_for=credentials.url,
-            instance_id=instance,
-            transitions=transitions,
             confirmation=confirmation,
+            instance_id=instance,
         )
-        callbacks = CallbackService(
-            db=db,
-            credentials=credentials,
-            webhook_secret=settings.poyo_webhook_secret.get_secret_value(),
-            webhook_tolerance=settings.webhook_tolerance_seconds,
-            on_received=wakeup.notify,
-        )
-        webhooks = WebhookSender(settings=settings, db=db, credentials=credentials)
         return cls(
-            settings,
-            db,
-            provider,
-            credentials,
-            jobs,
-            confirmation,
-            callbacks,
-            webhooks,
-            wakeup,
-            instance,
+            settings=settings,
+            db=db,
+            provider=provider,
+            server_key=server_key,
+            credentials=credentials,
+            jobs=jobs,
+            confirmation=confirmation,
+            callbacks=CallbackService(
+                db=db,
+                credentials=credentials,
+                webhook_secret=settings.poyo_webhook_secret.get_secret_value(),
+                webhook_tolerance=settings.webhook_tolerance_seconds,
+                on_received=wakeup.notify,
+            ),
+            webhooks=WebhookSender(settings=settings, db=db, server_key=server_key),
+            wakeup=wakeup,
+            instance=instance,
+        )
+
+    def worker(self, lease_owner: str | None = None) -> Worker:
+        """The worker's loops: expire (in-flight jobs past their deadline: a last check,
+        then failure), submit (pending jobs), reconcile (in-flight jobs a callback asked to
+        confirm, or silent too long), webhook (ended jobs that owe their webhook_url)."""
+        owner = lease_owner or f"worker:{self.instance}"
+        in_flight = tuple(sorted(IN_FLIGHT))
+        deadline = timedelta(seconds=self.settings.job_deadline_seconds)
+        loops = [
+            self._loop(
+                "expire", Queue(in_flight, overdue_after=deadline), self.confirmation.refresh, owner
+            ),
+            self._loop("submit", Queue((JobStatus.PENDING,)), self.jobs.submit_due, owner),
+            self._loop("reconcile", Queue(in_flight), self.confirmation.refresh, owner),
+            self._loop("webhook", Queue(tuple(sorted(TERMINAL))), self.webhooks.deliver, owner),
+        ]
+        return Worker(db=self.db, loops=loops, lease_owner=owner)
+
+    def _loop(self, name: str, queue: Queue, handle: Handler, owner: str) -> ClaimLoop:
+        settings = self.settings
+        return ClaimLoop(
+            name=name,
+            db=self.db,
+            queue=queue,
+            handle=handle,
+            lease_owner=owner,
+            lease_seconds=settings.worker_lease_seconds,
+            slots=min(settings.worker_batch_size, settings.worker_concurrency),
+            poll_seconds=settings.worker_poll_seconds,
+            woken=self.wakeup.subscribe(),
         )
 
     async def close(self) -> None:
-        await self.jobs.drain()
         await self.provider.aclose()
         await self.webhooks.aclose()
         await self.db.dispose()

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def isoformat_z(value: datetime) -> str: ...
+@overload
+def isoformat_z(value: None) -> None: ...
+@overload
+def isoformat_z(value: datetime | None) -> str | None: ...
 def isoformat_z(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, millisecond precision, as clients expect."""
     if value is None:

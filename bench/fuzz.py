@@ -40,10 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import httpx
 
 from app.callbacks.credentials import CallbackCredentials
+from app.keyring.models import ServerKey
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKS = (
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             created.raise_for_status()
             job = created.json()
             token = CallbackCredentials(
-                secret=env["CALLBACK_SECRET"].encode(), public_base_url=url
+                key=ServerKey(env["CALLBACK_SECRET"].encode()), public_base_url=url
             ).token(job["id"])
             # Half the bodies name the job's real task, so they get past the task check.
             config = (

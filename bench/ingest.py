@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from app.callbacks.credentials import CALLBACK_PATH, CallbackCredentials
+from app.keyring.models import ServerKey
 from bench import profile
 from bench.common import (
     BenchDatabase,
@@ -179,7 +180,7 @@ async def run_backend(
             secret = secrets.token_urlsafe(32)
             port = free_port()
             credentials = CallbackCredentials(
-                secret=secret.encode(), public_base_url=f"http://127.0.0.1:{port}"
+                key=ServerKey(secret.encode()), public_base_url=f"http://127.0.0.1:{port}"
             )
             pools = {"a": tmp / "pool-a.txt", "c": tmp / "pool-c.txt"}
             _write_pool(pools["a"], jobs_a, credentials)

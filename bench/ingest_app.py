@@ -17,15 +17,16 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from app.config import load_settings
-from app.deps import RuntimeDep
-from app.errors import error_body
+from app.errors import AppError, BadRequest, NotFound, Unauthorized
 from app.jobs.models import Job, JobEvent
 from app.main import create_app
-from app.provider.schemas import unwrap
+from app.provider.schemas import ProviderStatus, unwrap
 from app.timeutil import utcnow
+from app.web.deps import RuntimeDep
 
 BARE_PREFIX = "/bench/bare"
 NAIVE_PREFIX = "/bench/naive"
@@ -35,12 +36,16 @@ FACTORY = "bench.ingest_app:create_bench_app"
 router = APIRouter(include_in_schema=False)
 
 
+def _error(error: AppError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code)
+
+
 @router.post(BARE_PREFIX + "/{job_id}/{token}")
 async def bare(job_id: str, token: str, request: Request) -> Any:
     """(b): the floor of the stack: routing, middleware, reading and parsing the body."""
     payload = unwrap(orjson.loads(await request.body()))
     if not isinstance(payload, dict):
-        return JSONResponse(error_body("bad_request", "not an object"), status_code=400)
+        return _error(BadRequest("not an object"))
     return JSONResponse({"received": True, "outcome": "received"})
 
 
@@ -50,14 +55,15 @@ async def naive(job_id: str, token: str, request: Request, runtime: RuntimeDep) 
     body = await request.body()
     payload = unwrap(orjson.loads(body))
     if not isinstance(payload, dict):
-        return JSONResponse(error_body("bad_request", "not an object"), status_code=400)
+        return _error(BadRequest("not an object"))
     if not runtime.credentials.verify(job_id, token):
-        return JSONResponse(error_body("authentication_error", "bad credential"), status_code=401)
+        return _error(Unauthorized("bad credential"))
     now = utcnow()
-    async with runtime.db.write() as session:
+    async with runtime.db.write() as conn:
+        session = AsyncSession(bind=conn)
         job = await session.get(Job, job_id)
         if job is None:
-            return JSONResponse(error_body("not_found", "no such job"), status_code=404)
+            return _error(NotFound("no such job"))
         session.add(
             JobEvent(
                 job_id=job_id,
@@ -71,8 +77,9 @@ async def naive(job_id: str, token: str, request: Request, runtime: RuntimeDep) 
                 },
             )
         )
-        job.callback_status = payload.get("status")
+        job.callback_status = ProviderStatus(payload["status"])
         job.next_check_at = now
+        await session.flush()
     return JSONResponse({"received": True, "outcome": "received"})
 
 

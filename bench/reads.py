@@ -20,12 +20,12 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 
+from app.auth.models import Caller
 from app.auth.service import create_key
 from app.config import load_settings
 from app.db import Database
 from app.jobs import queries
 from app.jobs.queries import JobFilter, encode_cursor
-from app.jobs.service import Caller
 from app.jobs.states import JobStatus
 from bench.common import (
     BenchDatabase,

@@ -1,6 +1,6 @@
 """A hand-written PoYo stand-in on loopback: it records exactly what reaches the provider.
 
-It speaks the wire format of CONTRACT §1 (submit, status, the error body) and nothing
+It speaks the wire format of docs/API.md, The provider, (submit, status, the error body) and nothing
 else. Tests steer it per request with hooks, or by setting a task's status, and read
 back every request it received (method, path, headers, body, arrival time).
 """
@@ -49,7 +49,7 @@ Hook = Callable[[Call], Awaitable[Response | None]]
 
 
 def poyo_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    """PoYo's error body (CONTRACT §1)."""
+    """PoYo's error body (docs/API.md)."""
     return JSONResponse({"code": status, "error": {"message": message, "type": kind}}, status)
 
 

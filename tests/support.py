@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
+from app.worker.loops import ClaimLoop
+from app.worker.runner import Worker
 
 T = TypeVar("T")
 
@@ -115,7 +117,6 @@ class LiveServer:
             app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -152,6 +153,20 @@ async def eventually(
     return value
 
 
+async def one_pass(loop: ClaimLoop) -> int:
+    """One pass of a worker loop's production body, and the handling it started: how
+    many jobs it leased."""
+    leased = await loop.run_once()
+    await loop.drain()
+    return leased
+
+
+async def worker_pass(worker: Worker) -> None:
+    """One pass of each of the worker's loops in turn."""
+    for loop in worker.loops.values():
+        await one_pass(loop)
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: never the developer's `.env`, quiet, fast simulator."""
     values: dict[str, Any] = {
@@ -166,7 +181,7 @@ def make_settings(**overrides: Any) -> Settings:
         "rate_limit_jobs_per_minute": 0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @dataclass
@@ -209,11 +224,14 @@ async def http_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-IMAGE_JOB = {
+IMAGE_JOB: dict[str, Any] = {
     "model": "wan2.5-image-to-video",
     "input": {
         "prompt": "a red fox running through snow",
         "image_urls": ["https://example.com/fox.jpg"],
     },
 }
-TEXT_JOB = {"model": "wan2.5-text-to-video", "input": {"prompt": "a lighthouse at dusk"}}
+TEXT_JOB: dict[str, Any] = {
+    "model": "wan2.5-text-to-video",
+    "input": {"prompt": "a lighthouse at dusk"},
+}

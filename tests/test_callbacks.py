@@ -1,4 +1,4 @@
-"""Provider callbacks (CONTRACT §4), sent by the test itself over loopback HTTP.
+"""Provider callbacks (docs/API.md, Provider callbacks), sent by the test itself over loopback HTTP.
 
 The provider is a hand-written stand-in whose status endpoint the test controls, so the
 tests can tell a callback's claim apart from the provider's truth: only the status
@@ -124,8 +124,8 @@ async def test_wrong_credential_is_401_unknown_job_is_404(
 
     # A valid credential for a job that does not exist: 404, whatever the body.
     missing = "job_01jcz3q9m4b8x2v7k5n0r6t1yw"
-    for body in (wrap(view("task-unified-1", "finished", FORGED)), b"not json"):
-        response = await send(relay, missing, body, url=relay.runtime.credentials.url(missing))
+    for unheard in (wrap(view("task-unified-1", "finished", FORGED)), b"not json"):
+        response = await send(relay, missing, unheard, url=relay.runtime.credentials.url(missing))
         assert_error(response, 404)
         assert response.json()["error"]["type"] == "not_found"
 
@@ -166,9 +166,9 @@ async def test_unreadable_body_or_another_task_is_400(
     provider.set_task(task_id, "finished", files=LEGIT)
     provider.set_task(other_task, "finished", files=FORGED)
     before = await relay.client.job(job["id"])
-    for body in UNREADABLE:
-        response = await send(relay, job["id"], body)
-        assert response.status_code == 400, (body, response.text)
+    for unreadable in UNREADABLE:
+        response = await send(relay, job["id"], unreadable)
+        assert response.status_code == 400, (unreadable, response.text)
         assert_error(response, 400)
         assert response.json()["error"]["type"] == "bad_request"
     # A well-formed body about a task that is not this job's.

@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 
 from app.runtime import Runtime
-from app.worker.runner import Worker
 from tests.conftest import Service, ServiceFactory, Simulator
-from tests.support import IMAGE_JOB, TEXT_JOB, eventually
+from tests.support import IMAGE_JOB, TEXT_JOB, eventually, worker_pass
 
 TERMINAL = {"succeeded", "failed"}
 
@@ -132,10 +131,10 @@ async def test_running_after_finished_is_ignored_and_recorded(
 
     runtime = await Runtime.start(service.settings)
     try:
-        worker = Worker(runtime)
+        worker = runtime.worker()
 
         async def pass_and_read() -> dict[str, Any]:
-            await worker.run_once()
+            await worker_pass(worker)
             return await service.client.job(job_id)
 
         done = await eventually(pass_and_read, lambda job: job["status"] in TERMINAL)

@@ -1,4 +1,4 @@
-"""Exact input validation for both models (CONTRACT §1), in the catalog and over HTTP.
+"""Exact input validation for both models (docs/API.md), in the catalog and over HTTP.
 
 Bad input is refused with 422 and the error envelope before anything is stored or sent
 to the provider, so it never costs credits.

@@ -36,7 +36,8 @@ from sqlalchemy import select
 from app.auth.service import create_key
 from app.db import Database
 from app.jobs.models import Job
-from bench.chaos import Child, free_port, relay_child
+from bench.chaos import Child, relay_child
+from bench.common import free_port
 from tests.conftest import SIMULATOR_KEY, ServiceFactory, Simulator
 from tests.support import IMAGE_JOB, TEXT_JOB, eventually, make_settings
 
@@ -390,7 +391,7 @@ async def test_a_late_submit_answer_saying_finished_is_confirmed_before_success(
 ) -> None:
     """The provider answers the submission only after the task has already ended (its
     answer carries the task's current status). The job must still end with its outputs,
-    confirmed by the status endpoint, as CONTRACT §4 requires of every terminal status."""
+    confirmed by the status endpoint, as docs/API.md requires of every terminal status."""
     service = await start_service()
     await simulator.set_faults(
         slow_after_accept_rate=1, slow_seconds=1, run_seconds=0.1, drop_callback_rate=1

@@ -98,7 +98,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 def settings_of(service: dict[str, Any]) -> Settings:
     """The Settings a container of this service would run with (no `.env` in the image)."""
     values = {key.lower(): value for key, value in environment(service).items()}
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings.model_validate(values)
 
 
 def option(command: list[str], name: str) -> str:
@@ -153,8 +153,8 @@ def dockerfile() -> tuple[dict[str, str], list[Stage]]:
                 rest = rest.replace(f"${{{name}}}", default)
             parts = rest.split()
             assert parts[0] != "--platform", "no pinned platform"
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(parts[0], name))
+            stage_name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(parts[0], stage_name))
         elif not stages:
             assert keyword == "ARG", f"{keyword} before the first FROM"
             name, _, default = rest.partition("=")
@@ -411,8 +411,8 @@ def dockerignore_excludes(path: str) -> bool:
     parts = path.split("/")
     candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
     excluded = False
-    for regex, negated in rules:
-        if any(regex.match(candidate) for candidate in candidates):
+    for rule, negated in rules:
+        if any(rule.match(candidate) for candidate in candidates):
             excluded = not negated
     return excluded
 

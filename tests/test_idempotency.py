@@ -1,4 +1,4 @@
-"""Idempotent creation (CONTRACT §3): `Idempotency-Key`, on SQLite and PostgreSQL."""
+"""Idempotent creation (docs/API.md, Jobs): `Idempotency-Key`, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ async def test_same_key_and_body_returns_the_original_job(
     original = first.json()
 
     # Same body, keys in another order: the same request.
-    image_input: dict[str, Any] = dict(IMAGE_JOB["input"])  # type: ignore[call-overload]
+    image_input: dict[str, Any] = dict(IMAGE_JOB["input"])
     reordered = {"input": dict(reversed(image_input.items())), "model": IMAGE_JOB["model"]}
     for body in (IMAGE_JOB, reordered):
         again = await client.create_job(body, **{"Idempotency-Key": "order-1"})
@@ -102,8 +102,8 @@ async def test_keys_belong_to_their_owner(service: Service, simulator: Simulator
 
 
 async def _age_key(service: Service, key: str, age: timedelta) -> None:
-    async with service.runtime.db.write() as session:
-        await session.execute(
+    async with service.runtime.db.write() as conn:
+        await conn.execute(
             update(IdempotencyKey)
             .where(IdempotencyKey.key == key)
             .values(created_at=utcnow() - age)
@@ -190,7 +190,7 @@ async def test_concurrent_requests_with_one_key_and_two_bodies(
     winning_prompt = winners[0].json()["input"]["prompt"]
     # Every request with the winner's body got the job; every other body a conflict.
     for body, response in zip(bodies, responses, strict=True):
-        expected = 409 if body["input"]["prompt"] != winning_prompt else (200, 201)  # type: ignore[index]
+        expected = 409 if body["input"]["prompt"] != winning_prompt else (200, 201)
         if expected == 409:
             assert response.status_code == 409
             assert response.json()["error"]["type"] == "conflict"

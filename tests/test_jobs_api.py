@@ -1,4 +1,4 @@
-"""`POST /v1/jobs` and `GET /v1/jobs/{id}` (CONTRACT §3) against a stand-in provider.
+"""`POST /v1/jobs` and `GET /v1/jobs/{id}` (docs/API.md, Jobs) against a stand-in provider.
 
 The stand-in records what reached the provider and lets a test decide the answer, so
 each outcome of a submission (accepted, rejected, unavailable, stalled) is checked for

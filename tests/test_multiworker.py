@@ -46,7 +46,7 @@ async def insert_pending_jobs(db: Database, count: int) -> list[str]:
                 "model": "wan2.5-text-to-video",
                 "status": "pending",
                 "input": {**normalized, "prompt": f"multi {index}"},
-                "metadata_": {},
+                "metadata": {},
                 "progress": 0,
                 "created_at": created,
                 "updated_at": created,
@@ -54,9 +54,9 @@ async def insert_pending_jobs(db: Database, count: int) -> list[str]:
                 "poll_attempts": 0,
             }
         )
-    async with db.write() as session:
-        await session.execute(insert(Job), rows)
-    return [row["id"] for row in rows]
+    async with db.write() as conn:
+        await conn.execute(insert(Job), rows)
+    return [str(row["id"]) for row in rows]
 
 
 async def count_by_status(db: Database) -> dict[str, int]:
@@ -135,8 +135,8 @@ async def test_worker_processes_submit_each_job_exactly_once(
     await asyncio.gather(*(wait_started(child) for child in workers))
 
     # Every worker is polling: make all the jobs due at the same moment.
-    async with db.write() as session:
-        await session.execute(update(Job).where(Job.id.in_(job_ids)).values(next_check_at=utcnow()))
+    async with db.write() as conn:
+        await conn.execute(update(Job).where(Job.id.in_(job_ids)).values(next_check_at=utcnow()))
 
     owners: set[str] = set()
     deadline = time.monotonic() + 120
@@ -145,7 +145,7 @@ async def test_worker_processes_submit_each_job_exactly_once(
             rows = await session.execute(
                 select(Job.lease_owner).where(Job.lease_owner.is_not(None))
             )
-            owners.update(owner for (owner,) in rows)
+            owners.update(owner for (owner,) in rows if owner is not None)
         statuses = await count_by_status(db)
         if sum(statuses.get(s, 0) for s in TERMINAL) == JOBS:
             break

@@ -1,4 +1,5 @@
-"""Operations endpoints (CONTRACT §5): liveness, readiness against a real database, metrics.
+"""Operations endpoints (docs/API.md, Operations): liveness, readiness against a real
+database, metrics.
 
 Readiness is checked against databases that really cannot be reached: a PostgreSQL URL
 on a loopback port nobody listens on, a SQLite file in a directory that does not exist,
@@ -62,7 +63,7 @@ def assert_not_ready(response: httpx.Response) -> None:
     assert response.status_code == 503, response.text
     body = response.json()
     assert set(body) == {"error"}
-    assert body["error"]["type"] == "service_unavailable"
+    assert body["error"]["type"] == "unavailable"
     assert body["error"]["message"]
     assert "Traceback" not in response.text
     assert "127.0.0.1" not in response.text  # no connection details leak out

@@ -14,18 +14,19 @@ from email.utils import format_datetime
 import pytest
 from starlette.responses import JSONResponse, Response
 
-from app.jobs.states import ProviderStatus
 from app.provider.client import (
     PoyoClient,
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
 )
+from app.provider.schemas import ProviderStatus
 from tests.stand_in import (
     STAND_IN_KEY,
     STATUS_PREFIX,
     SUBMIT_PATH,
     Call,
+    Hook,
     ProviderStandIn,
     poyo_error,
     wrapped,
@@ -53,7 +54,7 @@ async def client(provider: ProviderStandIn) -> AsyncIterator[PoyoClient]:
     await poyo.aclose()
 
 
-def script(*answers: Response | Callable[[], Response]) -> Callable[[Call], object]:
+def script(*answers: Response | Callable[[], Response]) -> Hook:
     """A hook answering the n-th request with the n-th answer (the last one repeats)."""
     seen = 0
 
@@ -134,7 +135,9 @@ async def test_wrapped_status_is_parsed(client: PoyoClient, provider: ProviderSt
     status = await client.status("task-unified-1")
     assert status.status is ProviderStatus.FINISHED
     assert status.progress == 100
-    assert status.outputs() == [{"url": "https://cdn.example.com/out.mp4", "type": "video"}]
+    assert [(f.file_url, f.file_type) for f in status.files or []] == [
+        ("https://cdn.example.com/out.mp4", "video")
+    ]
 
 
 async def test_flat_status_is_parsed(client: PoyoClient, provider: ProviderStandIn) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import RateLimitWindow
 from app.db import Database
@@ -42,7 +43,8 @@ async def seed(db: Database, now: datetime) -> dict[str, str]:
     """Jobs of every kind, 3 events each dated at creation, idempotency keys and
     rate-limit windows; returns the job ids by name."""
     ids: dict[str, str] = {}
-    async with db.write() as session:
+    async with db.write() as conn:
+        session = AsyncSession(bind=conn)
         for name, (age, status, ended, lease) in JOBS.items():
             job_id = new_job_id(now - age)
             created = job_id_time(job_id)
@@ -95,6 +97,7 @@ async def seed(db: Database, now: datetime) -> dict[str, str]:
         current = int(time.time()) // 60 * 60
         session.add(RateLimitWindow(key_id="key_spent", window_start=current - 3600, count=5))
         session.add(RateLimitWindow(key_id="key_live", window_start=current, count=1))
+        await session.flush()
     return ids
 
 
@@ -204,8 +207,8 @@ async def test_prune_skips_a_job_another_transaction_holds(
     ids = await seed(db, now)
     other = Database(make_settings(database_url=database_url))
     try:
-        async with other.write() as session:
-            await session.execute(
+        async with other.write() as conn:
+            await conn.execute(
                 text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": ids["old_failed"]}
             )
             # the lock is held while the prune runs; the prune must finish without it

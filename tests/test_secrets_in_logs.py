@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, text
 
 from app.auth.service import create_key, revoke
-from app.callbacks.models import ServiceSecret
+from app.keyring.models import ServiceSecret
 from tests.conftest import SIMULATOR_KEY, ServiceFactory, Simulator
 from tests.support import IMAGE_JOB, TEXT_JOB, ApiClient
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,8 @@ from app.jobs.models import Job
 from app.runtime import Runtime
 from app.timeutil import utcnow
 from app.worker.runner import Worker
-from bench.chaos import Child, free_port, relay_child
+from bench.chaos import Child, relay_child
+from bench.common import free_port
 from tests.conftest import SIMULATOR_KEY, ServiceFactory, Simulator
 from tests.support import IMAGE_JOB, eventually, make_settings
 
@@ -56,8 +58,8 @@ async def insert_pending_job(db: Database, prompt: str) -> str:
     now = utcnow()
     job_id = new_job_id(now)
     normalized = CATALOG.get("wan2.5-text-to-video").validate_input({"prompt": prompt})
-    async with db.write() as session:
-        await session.execute(
+    async with db.write() as conn:
+        await conn.execute(
             insert(Job).values(
                 id=job_id,
                 owner="tenant-a",
@@ -76,12 +78,16 @@ async def insert_pending_job(db: Database, prompt: str) -> str:
     return job_id
 
 
+def ended(job: Job) -> bool:
+    return job.status in TERMINAL
+
+
 async def stored(db: Database, job_id: str) -> Job:
     async with db.read() as session:
         return (await session.execute(select(Job).where(Job.id == job_id))).scalar_one()
 
 
-async def leased(db: Database) -> list[tuple[str, str]]:
+async def leased(db: Database) -> list[tuple[str, str | None]]:
     async with db.read() as session:
         rows = await session.execute(
             select(Job.id, Job.lease_owner).where(Job.lease_owner.is_not(None))
@@ -141,7 +147,9 @@ async def exit_within(child: Child, signalled_at: float, seconds: float = EXIT_S
     return code
 
 
-async def finish_with_worker(database_url: str, public_url: str, simulator: Simulator) -> Worker:
+async def finish_with_worker(
+    database_url: str, public_url: str, simulator: Simulator
+) -> tuple[Runtime, Worker]:
     settings = make_settings(
         database_url=database_url,
         public_base_url=public_url,
@@ -151,9 +159,9 @@ async def finish_with_worker(database_url: str, public_url: str, simulator: Simu
         uncertain_submit_grace_seconds=2,
     )
     runtime = await Runtime.start(settings)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     worker.start()
-    return worker
+    return runtime, worker
 
 
 # ---- poyo-relay serve --------------------------------------------------------------------
@@ -193,9 +201,7 @@ async def test_sigterm_to_serve_drains_requests_and_worker(
     child.start()
     await child.wait_http(child.env["PUBLIC_BASE_URL"] + "/readyz")
     for job_id in (background, response.json()["id"]):
-        done = await eventually(
-            lambda job_id=job_id: stored(db, job_id), lambda job: job.status in TERMINAL
-        )
+        done = await eventually(functools.partial(stored, db, job_id), ended)
         assert done.status == "succeeded"
     assert (await simulator.stats())["tasks"] == 2
 
@@ -341,18 +347,14 @@ async def test_sigterm_to_worker_finishes_or_releases_its_jobs(
 
     # Nothing lost: another worker finishes them, each with a single provider task.
     await simulator.set_faults(slow_rate=0)
-    worker = await finish_with_worker(database_url, api.url, simulator)
+    runtime, worker = await finish_with_worker(database_url, api.url, simulator)
     try:
         for job_id in job_ids:
-            done = await eventually(
-                lambda job_id=job_id: stored(db, job_id),
-                lambda job: job.status in TERMINAL,
-                seconds=30,
-            )
+            done = await eventually(functools.partial(stored, db, job_id), ended, seconds=30)
             assert done.status == "succeeded"
     finally:
         await worker.stop()
-        await worker.runtime.close()
+        await runtime.close()
     stats = await simulator.stats()
     assert stats["jobs"] == len(job_ids)
     assert stats["jobs_with_multiple_tasks"] == 0

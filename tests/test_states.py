@@ -1,6 +1,6 @@
 """The job state machine, checked exhaustively against the rule written out by hand.
 
-Rule (CONTRACT §3): pending → queued → running → succeeded | failed; steps may be
+Rule (docs/API.md, Statuses): pending → queued → running → succeeded | failed; steps may be
 skipped, a status never moves backwards, a terminal status is final, and a status never
 "moves" to itself.
 """
@@ -15,13 +15,13 @@ from app.jobs.states import (
     ACTIVE,
     TERMINAL,
     JobStatus,
-    ProviderStatus,
     can_transition,
     from_provider,
     is_terminal,
     provider_rank,
     sources_of,
 )
+from app.provider.schemas import ProviderStatus
 
 P, Q, R, S, F = (
     JobStatus.PENDING,

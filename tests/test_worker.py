@@ -1,8 +1,9 @@
 """The background worker, one pass at a time, on SQLite and PostgreSQL.
 
 The API runs with RUN_WORKER=false so that nothing happens behind the test's back; the
-worker is a `Runtime` of its own whose loops the test drives with `run_once()`. The
-provider is the simulator over loopback HTTP, with its fault knobs.
+worker is a `Runtime` of its own whose loops the test drives with their production body,
+`run_once()` (tests.support.one_pass). The provider is the simulator over loopback HTTP,
+with its fault knobs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from app.config import Settings
 from app.jobs.models import Job, JobEvent
 from app.runtime import Runtime
 from app.timeutil import utcnow
-from app.worker.loops import ClaimLoop, build_loops
+from app.worker.loops import ClaimLoop
 from app.worker.runner import Worker
 from tests.conftest import Service, ServiceFactory, Simulator
-from tests.support import IMAGE_JOB, TEXT_JOB, eventually
+from tests.support import IMAGE_JOB, TEXT_JOB, eventually, one_pass, worker_pass
 
 RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
 
@@ -44,7 +45,7 @@ async def runtimes() -> AsyncIterator[RuntimeFactory]:
 
 
 def loops_of(runtime: Runtime, owner: str) -> dict[str, ClaimLoop]:
-    return {loop.name: loop for loop in build_loops(runtime, owner)}
+    return runtime.worker(owner).loops
 
 
 async def row(runtime: Runtime, job_id: str) -> Job:
@@ -63,8 +64,8 @@ async def events(runtime: Runtime, job_id: str, type: str | None = None) -> list
 
 async def make_due(runtime: Runtime, job_id: str) -> None:
     """Skip the wait the worker scheduled: the job is due now."""
-    async with runtime.db.write() as session:
-        await session.execute(update(Job).where(Job.id == job_id).values(next_check_at=utcnow()))
+    async with runtime.db.write() as conn:
+        await conn.execute(update(Job).where(Job.id == job_id).values(next_check_at=utcnow()))
 
 
 async def drive(
@@ -73,7 +74,7 @@ async def drive(
     """Run worker passes until the job satisfies `accept` (bounded)."""
 
     async def step() -> Job:
-        await worker.run_once()
+        await worker_pass(worker)
         return await row(runtime, job_id)
 
     return await eventually(step, accept, seconds=seconds, interval=0.05)
@@ -120,11 +121,11 @@ async def test_rate_limited_submission_waits_for_retry_after(
 
     # Not due yet: a pass of the submit loop leaves it alone even with the fault gone.
     await simulator.set_faults(rate_limit_rate=0)
-    assert await loops["submit"].run_once() == 0
+    assert await one_pass(loops["submit"]) == 0
     assert (await simulator.stats())["tasks"] == 0
 
     await make_due(runtime, job["id"])
-    assert await loops["submit"].run_once() == 1
+    assert await one_pass(loops["submit"]) == 1
     submitted = await row(runtime, job["id"])
     assert submitted.status == "queued"
     assert submitted.submit_attempts == 2
@@ -144,10 +145,10 @@ async def test_transient_500s_then_success(
     assert created.json()["status"] == "pending"
 
     runtime = await runtimes(service.settings)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     # Still failing: the worker tries again and the job stays pending, not failed.
     await make_due(runtime, job_id)
-    assert await loops_of(runtime, worker.lease_owner)["submit"].run_once() == 1
+    assert await one_pass(worker.loops["submit"]) == 1
     job = await row(runtime, job_id)
     assert job.status == "pending"
     assert job.submit_attempts == 2
@@ -198,7 +199,7 @@ async def test_backoff_is_exponential_with_jitter_then_submit_failed(
         assert len(set(delays)) == len(delays), f"no jitter at attempt {attempt}: {delays}"
         for job_id in job_ids:
             await make_due(runtime, job_id)
-        assert await submit.run_once() == len(job_ids)
+        assert await one_pass(submit) == len(job_ids)
 
     for job_id in job_ids:
         job = await row(runtime, job_id)
@@ -213,7 +214,7 @@ async def test_backoff_is_exponential_with_jitter_then_submit_failed(
         assert len(await events(runtime, job_id, "provider.submit_failed")) == attempts
     # Nothing more to do for the worker, and nothing was ever started at the provider.
     await make_due(runtime, job_ids[0])
-    assert await submit.run_once() == 0
+    assert await one_pass(submit) == 0
     assert (await simulator.stats())["tasks"] == 0
 
 
@@ -230,9 +231,9 @@ async def test_provider_rejection_fails_at_once(
     assert "content policy" in job["error"]["message"]
 
     runtime = await runtimes(service.settings)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     await make_due(runtime, job["id"])
-    await worker.run_once()
+    await worker_pass(worker)
     stored = await row(runtime, job["id"])
     assert stored.status == "failed"
     assert stored.submit_attempts == 1
@@ -259,7 +260,7 @@ async def test_reconcile_completes_job_whose_callback_was_dropped(
         lambda: tasks_of(simulator, job_id), lambda tasks: tasks[0]["status"] == "finished"
     )
     runtime = await runtimes(service.settings)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     done = await drive(worker, runtime, job_id, lambda j: j.status == "succeeded", 15)
     assert done.outputs
     assert done.outputs[0]["type"] == "video"
@@ -289,7 +290,7 @@ async def test_repeated_poll_failures_back_off(
     reconcile = loops_of(runtime, "worker:test")["reconcile"]
     for attempt in (1, 2, 3):
         await make_due(runtime, job_id)
-        assert await reconcile.run_once() == 1
+        assert await one_pass(reconcile) == 1
         job = await row(runtime, job_id)
         assert job.status == "queued", "a failed status read changes nothing"
         assert job.poll_attempts == attempt
@@ -299,11 +300,11 @@ async def test_repeated_poll_failures_back_off(
         ceiling = base * 2 ** (attempt - 1)
         assert ceiling / 2 <= delay_after(failures[-1], job) <= ceiling
         # Not due again before the backoff is over.
-        assert await reconcile.run_once() == 0
+        assert await one_pass(reconcile) == 0
 
     await simulator.set_faults(status_error_rate=0)
     await make_due(runtime, job_id)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     done = await drive(worker, runtime, job_id, lambda j: j.status == "succeeded", 15)
     assert done.poll_attempts == 0
     assert done.outputs
@@ -320,13 +321,13 @@ async def test_expire_fails_job_not_terminal_by_its_deadline(
     job_id = created.json()["id"]
 
     runtime = await runtimes(service.settings)
-    worker = Worker(runtime)
+    worker = runtime.worker()
     # Before its deadline the job is checked but left alone.
     first = await row(runtime, job_id)
     assert first.submitted_at is not None
     expires_at = first.submitted_at + timedelta(seconds=deadline)
     await make_due(runtime, job_id)
-    await worker.run_once()
+    await worker_pass(worker)
     if utcnow() < expires_at:
         job = await row(runtime, job_id)
         assert job.status in ("queued", "running")
@@ -357,8 +358,8 @@ async def _pending_jobs(service: Service, simulator: Simulator, count: int) -> l
         assert created.json()["status"] == "pending"
         job_ids.append(created.json()["id"])
     await simulator.set_faults(rate_limit_rate=0)
-    async with service.runtime.db.write() as session:
-        await session.execute(update(Job).where(Job.id.in_(job_ids)).values(next_check_at=utcnow()))
+    async with service.runtime.db.write() as conn:
+        await conn.execute(update(Job).where(Job.id.in_(job_ids)).values(next_check_at=utcnow()))
     return job_ids
 
 
@@ -373,18 +374,20 @@ async def test_crashed_workers_lease_expires_and_another_takes_over(
     crashed = loops_of(crashed_runtime, "worker:crashed")["submit"]
     survivor = loops_of(survivor_runtime, "worker:survivor")["submit"]
 
-    await eventually(crashed.claim, lambda claimed: sorted(claimed) == sorted(job_ids))
+    await eventually(
+        lambda: crashed.claim(crashed.slots), lambda claimed: sorted(claimed) == sorted(job_ids)
+    )
     # The crashed worker never gets to handle them (it "died" right after claiming).
     leases = {job_id: (await row(survivor_runtime, job_id)) for job_id in job_ids}
     for job in leases.values():
         assert job.lease_owner == "worker:crashed"
         assert job.lease_expires_at is not None
-    lease_ends = max(job.lease_expires_at for job in leases.values())  # type: ignore[type-var]
+    lease_ends = max(job.lease_expires_at or utcnow() for job in leases.values())
 
     taken: list[str] = []
     deadline = time.monotonic() + 20
     while len(taken) < len(job_ids):
-        claimed = await survivor.claim()
+        claimed = await survivor.claim(survivor.slots)
         if claimed:
             assert utcnow() > lease_ends, "a live lease was taken over before it expired"
         for job_id in claimed:
@@ -413,7 +416,7 @@ async def test_two_claimers_never_hold_the_same_job(
     ]
     claimed: list[str] = []
     for _ in range(3):
-        batches = await asyncio.gather(*(claimer.claim() for claimer in claimers))
+        batches = await asyncio.gather(*(claimer.claim(claimer.slots) for claimer in claimers))
         for batch in batches:
             claimed.extend(batch)
     assert sorted(claimed) == sorted(job_ids), "each job claimed exactly once"
@@ -437,7 +440,7 @@ async def test_run_worker_false_leaves_the_work_to_a_worker(
     runtime = await runtimes(service.settings)
     assert (await row(runtime, pending_id)).submit_attempts == 1
 
-    worker = Worker(runtime)
+    worker = runtime.worker()
     task = worker.start()
     try:
         for job_id in (pending_id, queued_id):

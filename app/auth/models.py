@@ -1,7 +1,9 @@
-"""API keys (only a hash of the secret is kept) and per-key rate-limit windows."""
+"""API keys (only a hash of the secret is kept), per-key rate-limit windows, and the
+caller a key stands for."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Boolean, Index, Integer, String
@@ -31,3 +33,17 @@ class RateLimitWindow(Base):
     key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the owner their jobs belong to, and whether they may see all jobs."""
+
+    owner: str
+    key_id: str | None = None
+    is_admin: bool = False
+
+    @property
+    def scope(self) -> str | None:
+        """The owner to filter by, or None for an admin."""
+        return None if self.is_admin else self.owner

@@ -6,17 +6,16 @@ import math
 import time
 
 from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth.models import RateLimitWindow
+from app.db import upsert
 from app.errors import RateLimited
 
 WINDOW_SECONDS = 60
 
 
-async def charge(session: AsyncSession, *, key_id: str, limit: int) -> None:
+async def charge(conn: AsyncConnection, *, key_id: str, limit: int) -> None:
     """Count one job creation for `key_id`; 429 with Retry-After once over `limit` a minute.
 
     Runs in the caller's transaction, so a refused creation is not counted and a counted
@@ -26,9 +25,8 @@ async def charge(session: AsyncSession, *, key_id: str, limit: int) -> None:
         return
     now = time.time()
     window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
     statement = (
-        insert(RateLimitWindow)
+        upsert(conn, RateLimitWindow)
         .values(key_id=key_id, window_start=window, count=1)
         .on_conflict_do_update(
             index_elements=["key_id", "window_start"],
@@ -36,9 +34,9 @@ async def charge(session: AsyncSession, *, key_id: str, limit: int) -> None:
         )
         .returning(RateLimitWindow.count)
     )
-    count = (await session.execute(statement)).scalar_one()
+    count = (await conn.execute(statement)).scalar_one()
     if count == 1:
-        await session.execute(
+        await conn.execute(
             delete(RateLimitWindow).where(
                 RateLimitWindow.key_id == key_id, RateLimitWindow.window_start < window
             )

@@ -13,12 +13,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 
-from app.auth.models import ApiKey
+from app.auth.models import ApiKey, Caller
 from app.db import Database
 from app.ids import KEY_PREFIX, new_key_id
-from app.jobs.service import Caller
 from app.timeutil import utcnow
 
 TOKEN_PREFIX = "prk_"  # noqa: S105 - a prefix, not a secret
@@ -56,18 +55,19 @@ async def create_key(db: Database, *, name: str, is_admin: bool = False) -> tupl
         raise ValueError("a key name is 1-64 letters, digits, '.', '_' or '-'")
     key_id = new_key_id()
     secret = secrets.token_urlsafe(32)
-    key = ApiKey(
-        id=key_id,
-        name=name,
-        secret_hash=_hash(secret),
-        is_admin=is_admin,
-        created_at=utcnow(),
-        revoked_at=None,
-    )
-    async with db.write() as session:
-        session.add(key)
+    info = KeyInfo(key_id, name, is_admin, created_at=utcnow(), revoked_at=None)
+    async with db.write() as conn:
+        await conn.execute(
+            insert(ApiKey).values(
+                id=info.id,
+                name=info.name,
+                secret_hash=_hash(secret),
+                is_admin=info.is_admin,
+                created_at=info.created_at,
+            )
+        )
     token = f"{TOKEN_PREFIX}{key_id.removeprefix(KEY_PREFIX)}_{secret}"
-    return _info(key), token
+    return info, token
 
 
 async def list_keys(db: Database) -> list[KeyInfo]:
@@ -78,15 +78,15 @@ async def list_keys(db: Database) -> list[KeyInfo]:
 
 async def revoke(db: Database, *, name_or_id: str) -> int:
     """Revoke the key with this id, or every key with this name; how many were revoked."""
-    async with db.write() as session:
-        result = await session.execute(
+    async with db.write() as conn:
+        result = await conn.execute(
             update(ApiKey)
             .where(
                 or_(ApiKey.id == name_or_id, ApiKey.name == name_or_id), ApiKey.revoked_at.is_(None)
             )
             .values(revoked_at=utcnow())
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.rowcount)
 
 
 async def authenticate(db: Database, token: str) -> Caller | None:

@@ -1,1 +1,1 @@
-"""Provider callbacks: authenticate, store, and ask for confirmation (CONTRACT §4)."""
+"""Provider callbacks: authenticate, store, and ask for confirmation (docs/API.md)."""

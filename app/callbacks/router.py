@@ -1,77 +1,71 @@
 """`POST /v1/callbacks/poyo/{job_id}/{token}`: where PoYo reports on our jobs.
 
-Callbacks arrive in bursts, so the route that serves them is a bare ASGI one placed in
-front of FastAPI's routing (`fast_route`); the FastAPI route below describes the same
-handler in the OpenAPI document.
+Callbacks arrive in bursts, so this route is a bare Starlette one, matched before
+FastAPI's routes and without FastAPI's per-request work (parameter validation, dependency
+solving: on this route, most of the stack's cost). It describes itself in the OpenAPI
+document (`openapi_operation`), next to the handler it documents.
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import orjson
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import TypeAdapter
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
+from typing_extensions import TypedDict
 
+from app.callbacks.classify import Outcome
 from app.callbacks.credentials import CALLBACK_PATH
-from app.errors import error_body, error_responses
+from app.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
+from app.provider.schemas import TaskStatus
 from app.runtime import Runtime
+from app.web.openapi import described
 
-router = APIRouter(prefix=CALLBACK_PATH, tags=["callbacks"])
-ROUTE_PATH = "/{job_id}/{token}"
-
-_ERROR_TYPES = {400: "bad_request", 401: "authentication_error", 404: "not_found"}
-
-
-class CallbackAck(BaseModel):
-    received: bool
-    outcome: str
+PATH = CALLBACK_PATH + "/{job_id}/{token}"
+REF = "#/components/schemas/{model}"
 
 
-@router.post(
-    ROUTE_PATH,
-    response_model=CallbackAck,
-    summary="Provider callback (called by PoYo, not by clients)",
-    responses=error_responses(400, 401, 404, 413),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    },
-)
-async def receive_callback(job_id: str, token: str, request: Request) -> Response:
-    """Authenticate, store the raw body, and queue a status check; answered after storing."""
-    # The hot path: the runtime is read off the app, without a dependency to resolve.
+class CallbackAck(TypedDict):
+    received: Literal[True]
+    outcome: Outcome
+
+
+async def receive_callback(request: Request) -> Response:
+    """Called by PoYo, not by clients. The path carries the job id and its per-job
+    credential (`401` when wrong). When POYO_WEBHOOK_SECRET is set, `X-Webhook-Timestamp`
+    and `X-Webhook-Signature` are required as well (`401` when missing, stale, or not
+    matching; recorded on the job's events as `callback.rejected`). The body is stored
+    raw before the answer, and only the provider's status endpoint can then move the job."""
     runtime: Runtime = request.app.state.runtime
-    body = await request.body()
+    params = request.path_params
     result = await runtime.callbacks.ingest(
-        job_id=job_id, token=token, body=body, headers=request.headers
+        job_id=params["job_id"],
+        token=params["token"],
+        body=await request.body(),
+        headers=request.headers,
     )
-    if result.http_status >= 400:
-        return JSONResponse(
-            error_body(_ERROR_TYPES.get(result.http_status, "bad_request"), result.message),
-            status_code=result.http_status,
-        )
-    return Response(
-        orjson.dumps({"received": True, "outcome": result.outcome}), media_type="application/json"
-    )
+    if result.error is not None:
+        error = result.error(result.message)
+        return JSONResponse(error.body(), status_code=error.status_code)
+    ack: CallbackAck = {"received": True, "outcome": result.outcome}
+    return Response(orjson.dumps(ack), media_type="application/json")
 
 
-class _CallbackApp:
+class _Endpoint:
     """The handler as a bare ASGI app (a function endpoint would get Starlette's wrapper)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        params = scope["path_params"]
-        request = Request(scope, receive)
-        response = await receive_callback(params["job_id"], params["token"], request)
+        response = await receive_callback(Request(scope, receive))
         await response(scope, receive, send)
 
 
-class _FastRoute(Route):
-    """Matched before FastAPI's routes, and without FastAPI's per-request work (parameter
-    validation, dependency solving): on this route, most of the stack's cost."""
+class CallbackRoute(Route):
+    def __init__(self) -> None:
+        super().__init__(PATH, _Endpoint(), methods=["POST"], name="receive_callback")
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
@@ -79,6 +73,64 @@ class _FastRoute(Route):
             child_scope["route"] = self  # the access log and metrics name the template
         return match, child_scope
 
+    def openapi_operation(self, components: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """This route in the OpenAPI document: (path, method, operation)."""
+        status = TypeAdapter(TaskStatus).json_schema(ref_template=REF)
+        components.update(status.pop("$defs", {}))
+        components["ProviderTaskStatus"] = status
+        components["CallbackAck"] = TypeAdapter(CallbackAck).json_schema()
+        flat = {"$ref": REF.format(model="ProviderTaskStatus")}
+        wrapped = {"type": "object", "required": ["data"], "properties": {"data": flat}}
+        body = {"description": "PoYo's task status, wrapped or flat", "oneOf": [wrapped, flat]}
+        ack = {"$ref": REF.format(model="CallbackAck")}
+        operation = {
+            "tags": ["callbacks"],
+            "summary": "Provider callback (called by PoYo, not by clients)",
+            "description": " ".join((receive_callback.__doc__ or "").split()),
+            "operationId": "receive_callback",
+            "security": [],  # the credential is in the URL; no API key
+            "parameters": [
+                _parameter("job_id", "path", "The job the callback is about"),
+                _parameter("token", "path", "The job's callback credential"),
+                _parameter(
+                    "X-Webhook-Timestamp",
+                    "header",
+                    "Unix time of sending (with POYO_WEBHOOK_SECRET: required, within 300 s)",
+                    pattern="^[0-9]{1,12}$",
+                ),
+                _parameter(
+                    "X-Webhook-Signature",
+                    "header",
+                    "With POYO_WEBHOOK_SECRET: required, "
+                    'base64(HMAC-SHA256(secret, task_id + "." + timestamp))',
+                    maxLength=256,
+                ),
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": {
+                    "description": "Stored, or known as a duplicate, stale or late callback",
+                    "content": {"application/json": {"schema": ack}},
+                },
+                **described(
+                    BadRequest, "The body is not JSON, has no task_id, or names another task"
+                ),
+                **described(
+                    Unauthorized,
+                    "Wrong callback credential, or a missing, stale or invalid signature",
+                ),
+                **described(NotFound, "No such job"),
+                **described(PayloadTooLarge, "Body over 1 MiB"),
+            },
+        }
+        return PATH, "post", operation
 
-def fast_route() -> Route:
-    return _FastRoute(CALLBACK_PATH + ROUTE_PATH, _CallbackApp(), methods=["POST"])
+
+def _parameter(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }

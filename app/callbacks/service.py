@@ -1,8 +1,7 @@
-"""Ingest a provider callback: authenticate, store it raw, and ask for confirmation.
+"""Ingest a provider callback: authenticate it, store it raw, and ask for confirmation.
 
-The body is a hint, never the truth: a callback only records what it claims and makes the
-job due for a status check; the worker confirms with the provider's status endpoint and
-only that answer moves the job (jobs.service.JobService.apply).
+Callbacks that arrive while transactions are being written share the next one (group
+commit); none waits for a timer, and none is answered before its commit.
 """
 
 from __future__ import annotations
@@ -11,87 +10,29 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
-import orjson
 import structlog
-from sqlalchemy import bindparam, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.callbacks.credentials import CallbackCredentials, verify_webhook_signature
+from app.callbacks.classify import (
+    BAD_CREDENTIAL,
+    Arrival,
+    CallbackResult,
+    Claim,
+    Outcome,
+    Plan,
+    bad_signature,
+    parse,
+)
+from app.callbacks.credentials import CallbackCredentials
 from app.db import Database
-from app.jobs.models import Job, JobEvent
-from app.jobs.states import ACTIVE, JobStatus, ProviderStatus, from_provider, provider_rank
+from app.jobs import repository as repo
 from app.metrics import CALLBACKS
-from app.provider.schemas import unwrap
+from app.provider import signature
 from app.timeutil import utcnow
 
 log = structlog.get_logger(__name__)
 
-MAX_TASK_ID_CHARS = 128
-
-
-@dataclass(frozen=True)
-class CallbackResult:
-    http_status: int
-    outcome: str
-    message: str
-
-
-@dataclass(frozen=True)
-class _Claim:
-    task_id: str
-    status: ProviderStatus | None
-
-
-class _Rejected(Exception):
-    def __init__(self, result: CallbackResult) -> None:
-        self.result = result
-
-
-def _parse(body: bytes) -> _Claim:
-    try:
-        payload = unwrap(orjson.loads(body))
-    except orjson.JSONDecodeError:
-        raise _Rejected(CallbackResult(400, "rejected_body", "body is not JSON")) from None
-    if not isinstance(payload, dict):
-        raise _Rejected(CallbackResult(400, "rejected_body", "body is not a JSON object"))
-    task_id = payload.get("task_id")
-    if (
-        not isinstance(task_id, str)
-        or not 0 < len(task_id) <= MAX_TASK_ID_CHARS
-        or "\x00" in task_id
-    ):
-        raise _Rejected(CallbackResult(400, "rejected_body", "body has no valid task_id"))
-    raw_status = payload.get("status")
-    try:
-        status = ProviderStatus(raw_status) if isinstance(raw_status, str) else None
-    except ValueError:
-        status = None  # an unknown status is still worth a look at the status endpoint
-    return _Claim(task_id=task_id, status=status)
-
-
-def _classify(job_status: str, seen: str | None, claim: _Claim) -> tuple[str, str] | None:
-    """The event type and reason for a callback that changes nothing, or None if it may."""
-    current = JobStatus(job_status)
-    if current in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        if claim.status is not None and from_provider(claim.status) is current:
-            return "callback.duplicate", f"job already {current.value}"
-        return "callback.ignored", f"late: job already {current.value}"
-    if claim.status is None or seen is None:
-        return None
-    seen_rank = provider_rank(ProviderStatus(seen))
-    if provider_rank(claim.status) == seen_rank:
-        return "callback.duplicate", f"already received {seen}"
-    if provider_rank(claim.status) < seen_rank:
-        return "callback.ignored", f"stale: {claim.status.value} after {seen}"
-    return None
-
-
-def _printable(body: bytes) -> str:
-    """The raw body as text that any database can store (PostgreSQL refuses U+0000)."""
-    return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+MAX_BATCH = 256
 
 
 class CallbackService:
@@ -116,81 +57,62 @@ class CallbackService:
         """Authenticate and store one callback; the answer to give the provider."""
         structlog.contextvars.bind_contextvars(job_id=job_id)
         if not self.credentials.verify(job_id, token):
-            result = CallbackResult(401, "rejected_credential", "invalid callback credential")
+            result = BAD_CREDENTIAL
         else:
-            result = await self.writer.write(self._prepare(job_id, body, headers))
+            result = await self.writer.write(self._arrival(job_id, body, headers))
         CALLBACKS.labels(result.outcome).inc()
         structlog.contextvars.bind_contextvars(callback_outcome=result.outcome)
-        if result.outcome == "received":
+        if result.outcome is Outcome.RECEIVED:
             self.on_received()
         return result
 
-    def _prepare(self, job_id: str, body: bytes, headers: Mapping[str, str]) -> _Item:
+    def _arrival(self, job_id: str, body: bytes, headers: Mapping[str, str]) -> Arrival:
         """Everything that needs no database: parsing and the signature."""
-        try:
-            claim = _parse(body)
-        except _Rejected as rejected:
-            return _Item(job_id, body, None, rejected.result, signed=False)
+        claim = parse(body)
+        if not isinstance(claim, Claim):
+            return Arrival(job_id, body, None, claim, signed=False)
         structlog.contextvars.bind_contextvars(task_id=claim.task_id)
-        signed = bool(self.webhook_secret)
-        if signed:
-            problem = verify_webhook_signature(
-                secret=self.webhook_secret,
-                task_id=claim.task_id,
-                timestamp=headers.get("x-webhook-timestamp"),
-                signature=headers.get("x-webhook-signature"),
-                now=time.time(),
-                tolerance=self.webhook_tolerance,
-            )
-            if problem is not None:
-                rejection = CallbackResult(
-                    401, "rejected_signature", f"invalid signature: {problem}"
-                )
-                return _Item(job_id, body, claim, rejection, signed=True)
-        return _Item(job_id, body, claim, None, signed=signed)
+        if not self.webhook_secret:
+            return Arrival(job_id, body, claim, None, signed=False)
+        problem = signature.verify(
+            secret=self.webhook_secret,
+            task_id=claim.task_id,
+            timestamp=headers.get("x-webhook-timestamp"),
+            signature=headers.get("x-webhook-signature"),
+            now=time.time(),
+            tolerance=self.webhook_tolerance,
+        )
+        refusal = bad_signature(problem) if problem is not None else None
+        return Arrival(job_id, body, claim, refusal, signed=True)
 
 
 @dataclass
-class _Item:
-    job_id: str
-    body: bytes
-    claim: _Claim | None
-    # Set when the callback is refused; it is still kept on the job's trail as evidence.
-    rejection: CallbackResult | None
-    signed: bool
-    future: asyncio.Future[CallbackResult] = field(
+class _Waiting:
+    arrival: Arrival
+    answer: asyncio.Future[CallbackResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-_UNKNOWN_JOB = CallbackResult(404, "unknown_job", "no such job")
-_RECEIVED = CallbackResult(200, "received", "stored; the status will be confirmed")
-MAX_BATCH = 256
-MAX_TRANSACTIONS_IN_FLIGHT = 3
-
-
 class CallbackWriter:
-    """Group commit: callbacks that arrive while transactions are being written share the
-    next one. No callback waits for a timer, and none is answered before its commit.
-
-    PostgreSQL gets a few transactions in flight at once (their row locks, taken in id
-    order, keep two callbacks for one job in sequence); SQLite has one writer anyway.
-    """
+    """Group commit, with as many transactions in flight as the database lets writers run
+    at once (PostgreSQL: a few, whose row locks keep two callbacks for one job in
+    sequence; SQLite: one)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._queue: list[_Item] = []
+        self._queue: list[_Waiting] = []
         self._in_flight = 0
-        self._max_in_flight = 1 if db.is_sqlite else MAX_TRANSACTIONS_IN_FLIGHT
         self._flushers: set[asyncio.Task[None]] = set()
 
-    async def write(self, item: _Item) -> CallbackResult:
-        self._queue.append(item)
+    async def write(self, arrival: Arrival) -> CallbackResult:
+        waiting = _Waiting(arrival)
+        self._queue.append(waiting)
         self._start_flushing()
-        return await item.future
+        return await waiting.answer
 
     def _start_flushing(self) -> None:
-        if self._queue and self._in_flight < self._max_in_flight:
+        if self._queue and self._in_flight < self.db.write_concurrency:
             self._in_flight += 1
             flusher = asyncio.create_task(self._flush())
             self._flushers.add(flusher)
@@ -206,104 +128,32 @@ class CallbackWriter:
         except Exception as exc:
             log.warning("callback_batch_failed", size=len(batch), error_type=type(exc).__name__)
             # Write one by one, so that one bad callback cannot fail its neighbours.
-            for item in batch:
-                await self._write_alone(item)
+            for waiting in batch:
+                await self._write_alone(waiting)
         finally:
             self._in_flight -= 1
             self._start_flushing()
 
-    async def _write_alone(self, item: _Item) -> None:
+    async def _write_alone(self, waiting: _Waiting) -> None:
         try:
-            await self._write([item])
+            await self._write([waiting])
         except Exception as exc:
-            log.exception("callback_store_failed", job_id=item.job_id)
-            if not item.future.done():
-                item.future.set_exception(exc)
-
-    async def _write(self, batch: list[_Item]) -> None:
-        now = utcnow()
-        job_ids = sorted({item.job_id for item in batch})
-        async with self.db.write_connection() as conn:
-            query = (
-                select(Job.id, Job.status, Job.provider_task_id, Job.callback_status)
-                .where(Job.id.in_(job_ids))
-                .order_by(Job.id)
+            log.warning(
+                "callback_store_failed",
+                job_id=waiting.arrival.job_id,
+                error_type=type(exc).__name__,
             )
-            if not self.db.is_sqlite:
-                query = query.with_for_update()  # concurrent batches queue, in id order
-            jobs = {row.id: _JobState(*row[1:]) for row in await conn.execute(query)}
-            plan = _Plan(now)
-            results = [plan.add(item, jobs.get(item.job_id)) for item in batch]
-            await plan.execute(conn)
-        for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
+            if not waiting.answer.done():
+                waiting.answer.set_exception(exc)
 
-
-@dataclass
-class _JobState:
-    status: str
-    task_id: str | None
-    seen: str | None
-
-
-class _Plan:
-    """What one batch writes: events for every callback, and at most one update per job."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-        self.events: list[dict[str, Any]] = []
-        self.due: dict[str, str | None] = {}
-
-    def add(self, item: _Item, job: _JobState | None) -> CallbackResult:
-        if job is None:
-            return _UNKNOWN_JOB
-        claim = item.claim
-        data: dict[str, Any] = {
-            "task_id": claim.task_id if claim else None,
-            "status": claim.status.value if claim and claim.status else None,
-            "signed": item.signed,
-            "raw": _printable(item.body),
-        }
-        if (
-            item.rejection is None
-            and claim is not None
-            and job.task_id not in (None, claim.task_id)
-        ):
-            item.rejection = CallbackResult(400, "rejected_task", "callback names another task")
-        if item.rejection is not None:
-            data["reason"] = item.rejection.message
-            self._event(item.job_id, "callback.rejected", data)
-            return item.rejection
-        assert claim is not None
-        verdict = _classify(job.status, job.seen, claim)
-        if verdict is not None:
-            event_type, data["reason"] = verdict
-            self._event(item.job_id, event_type, data)
-            return CallbackResult(200, event_type.removeprefix("callback."), data["reason"])
-        if claim.status is not None:
-            job.seen = claim.status.value  # later callbacks in this batch compare against it
-        self.due[item.job_id] = job.seen
-        self._event(item.job_id, "callback.received", data)
-        return _RECEIVED
-
-    def _event(self, job_id: str, type: str, data: dict[str, Any]) -> None:
-        self.events.append({"job_id": job_id, "type": type, "data": data, "created_at": self.now})
-
-    async def execute(self, conn: AsyncConnection) -> None:
-        if self.due:
-            await conn.execute(
-                update(Job)
-                # Spelled out: an IN list cannot be expanded inside an executemany.
-                .where(Job.id == bindparam("b_id"), or_(*(Job.status == s for s in _ACTIVE)))
-                .values(callback_status=bindparam("b_seen"), next_check_at=bindparam("b_due")),
-                [
-                    {"b_id": job_id, "b_seen": seen, "b_due": self.now}
-                    for job_id, seen in self.due.items()
-                ],
-            )
-        if self.events:
-            await conn.execute(insert(JobEvent), self.events)
-
-
-_ACTIVE = [status.value for status in ACTIVE]
+    async def _write(self, batch: list[_Waiting]) -> None:
+        async with self.db.write() as conn:
+            now = utcnow()
+            jobs = await repo.lock_for_callbacks(conn, {w.arrival.job_id for w in batch})
+            plan = Plan(now)
+            results = [plan.add(w.arrival, jobs.get(w.arrival.job_id)) for w in batch]
+            await repo.note_callbacks(conn, plan.claims, now)
+            await repo.add_many_events(conn, plan.events, now)
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.answer.done():
+                waiting.answer.set_result(result)

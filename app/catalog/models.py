@@ -1,4 +1,4 @@
-"""Input schemas of the supported models (CONTRACT §1). Adding a model is one entry below."""
+"""Input schemas of the supported models (docs/API.md). Adding a model is one entry below."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.catalog.fields import ModelInput
-from app.errors import InvalidRequest, validation_details
+from app.errors import ErrorItem, InvalidRequest, validation_details
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ModelEntry:
             raise InvalidRequest(
                 "input must be an object",
                 details=[
-                    {"loc": ["body", "input"], "msg": "must be an object", "type": "dict_type"}
+                    ErrorItem(loc=["body", "input"], msg="must be an object", type="dict_type")
                 ],
             )
         try:
@@ -57,11 +57,9 @@ class Catalog:
             raise InvalidRequest(
                 f"unknown model {name!r}",
                 details=[
-                    {
-                        "loc": ["body", "model"],
-                        "msg": f"must be one of {self.names}",
-                        "type": "enum",
-                    }
+                    ErrorItem(
+                        loc=["body", "model"], msg=f"must be one of {self.names}", type="enum"
+                    )
                 ],
             )
         return entry

@@ -8,8 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.catalog.models import CATALOG
-from app.deps import CallerDep
-from app.errors import error_responses
+from app.web.deps import CallerDep
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -34,6 +33,6 @@ _MODELS = ModelList(
 )
 
 
-@router.get("", response_model=ModelList, summary="List models", responses=error_responses(401))
+@router.get("", response_model=ModelList, summary="List models")
 async def list_models(_caller: CallerDep) -> ModelList:
     return _MODELS

@@ -15,9 +15,27 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from typing_extensions import TypedDict
 
 from app.db import Base
-from app.db_types import JSONType, UTCDateTime
+from app.db_types import JSONType, UTCDateTime, str_enum
+from app.jobs.states import JobStatus
+from app.provider.schemas import ProviderStatus
+
+
+class JobOutput(TypedDict):
+    """One file the job produced: where to fetch it, and PoYo's `file_type`."""
+
+    url: str
+    type: str
+
+
+class JobError(TypedDict):
+    """Why a job failed: a stable `code` and a message for people."""
+
+    code: str
+    message: str
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
@@ -29,18 +47,18 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus, 16))
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
     provider_task_id: Mapped[str | None] = mapped_column(String(128), unique=True)
-    provider_status: Mapped[str | None] = mapped_column(String(32))
+    provider_status: Mapped[ProviderStatus | None] = mapped_column(str_enum(ProviderStatus, 32))
     # The furthest provider status any callback has claimed; a claim must be confirmed.
-    callback_status: Mapped[str | None] = mapped_column(String(32))
+    callback_status: Mapped[ProviderStatus | None] = mapped_column(str_enum(ProviderStatus, 32))
     progress: Mapped[int] = mapped_column(Integer, default=0)
-    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    outputs: Mapped[list[JobOutput] | None] = mapped_column(JSONType)
+    error: Mapped[JobError | None] = mapped_column(JSONType)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

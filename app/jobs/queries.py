@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 
+from app.auth.models import Caller
 from app.db import Database, plain_columns
-from app.errors import InvalidRequest, NotFound
-from app.ids import job_id_bound
+from app.errors import ErrorItem, InvalidRequest, NotFound
+from app.ids import first_job_id_at
 from app.jobs.models import EventRecord, Job, JobEvent, JobRecord
-from app.jobs.service import Caller
 from app.jobs.states import JobStatus
 
 JOB_ID = re.compile(r"^job_[0-9a-z]{26}$")
@@ -68,11 +68,9 @@ def _invalid_cursor() -> InvalidRequest:
     return InvalidRequest(
         "invalid cursor",
         details=[
-            {
-                "loc": ["query", "cursor"],
-                "msg": "not a cursor this API returned",
-                "type": "value_error",
-            }
+            ErrorItem(
+                loc=["query", "cursor"], msg="not a cursor this API returned", type="value_error"
+            )
         ],
     )
 
@@ -107,17 +105,13 @@ async def list_jobs(
     """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
     query = _jobs_of(caller).order_by(_JOBS.id.desc()).limit(limit + 1)
     if filters.status is not None:
-        query = query.where(_JOBS.status == filters.status.value)
+        query = query.where(_JOBS.status == filters.status)
     if filters.model is not None:
         query = query.where(_JOBS.model == filters.model)
     if filters.created_after is not None:
-        query = query.where(
-            _JOBS.id >= job_id_bound(_ms_ceiling(filters.created_after), upper=False)
-        )
+        query = query.where(_JOBS.id >= first_job_id_at(_ms_ceiling(filters.created_after)))
     if filters.created_before is not None:
-        query = query.where(
-            _JOBS.id < job_id_bound(_ms_ceiling(filters.created_before), upper=False)
-        )
+        query = query.where(_JOBS.id < first_job_id_at(_ms_ceiling(filters.created_before)))
     if cursor is not None:
         query = query.where(_JOBS.id < decode_cursor(cursor, JOB_ID))
     async with db.read_connection() as conn:

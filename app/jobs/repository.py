@@ -1,17 +1,31 @@
-"""SQL for jobs and their events. Functions here only execute and flush; callers commit."""
+"""The one writer of job state: every change to a job row is built here.
+
+A status change is a compare-and-set, `UPDATE jobs SET status = :target … WHERE id = :id
+AND status IN (the statuses that may precede :target) AND <guard>`, written together with
+the events that record it, so duplicate, late or concurrent writers never move a job twice
+or backwards. PostgreSQL does it in one statement (the UPDATE … RETURNING feeds the INSERT
+of the events: atomic by itself); SQLite runs the UPDATE and its INSERTs in the caller's
+transaction. Every write by the holder of a job's lease hands the lease back.
+
+Functions execute on the caller's connection; the caller's unit of work commits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     ColumnElement,
-    Select,
     String,
+    Update,
+    bindparam,
+    case,
+    delete,
     exists,
-    func,
     insert,
     literal,
     or_,
@@ -20,216 +34,339 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from typing_extensions import TypedDict
 
+from app.db import row_values
 from app.db_types import JSONType, UTCDateTime
-from app.jobs.models import Job, JobEvent
-from app.jobs.states import JobStatus, sources_of
+from app.jobs.events import EventType, NewEvent
+from app.jobs.models import IdempotencyKey, Job, JobError, JobEvent, JobOutput
+from app.jobs.states import ACTIVE, IN_FLIGHT, JobStatus, is_terminal, sources_of
+from app.metrics import JOB_DURATION, JOBS_FINISHED
+from app.provider.schemas import ProviderStatus
+
+log = structlog.get_logger(__name__)
+
+# The lease, named once: a write by the job's lease holder gives it back.
+LEASE_RETURNED: Mapping[str, None] = {"lease_owner": None, "lease_expires_at": None}
+_ACTIVE = tuple(ACTIVE)
 
 
-async def add_event(
-    session: AsyncSession | AsyncConnection,
-    *,
-    job_id: str,
-    type: str,
-    data: dict[str, Any],
-    now: datetime,
+class JobPatch(TypedDict, total=False):
+    """Columns a write sets besides the status and the lease; a key left out is kept."""
+
+    provider_task_id: str
+    provider_status: ProviderStatus
+    callback_status: ProviderStatus | None
+    progress: int
+    outputs: list[JobOutput]
+    error: JobError
+    submitted_at: datetime
+    submit_started_at: datetime | None
+    poll_attempts: int
+    checked_at: datetime
+    webhook_attempts: int
+    updated_at: datetime
+    next_check_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job as loaded by the one who holds its lease: a worker, or the request that
+    created it. Writes made under it hold only while the lease does."""
+
+    job: Job
+    owner: str
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """Move `job` (as loaded) forward to `target` at `now`, setting `patch`. A job that
+    does not end is next looked at `next_check`; one that ends owes its webhook a
+    delivery. `events` are written with the change, `if_refused` instead of it."""
+
+    job: Job
+    target: JobStatus
+    now: datetime
+    next_check: datetime
+    patch: JobPatch
+    events: tuple[NewEvent, ...] = ()
+    if_refused: tuple[NewEvent, ...] = ()
+
+
+# ---- reads of the writers ------------------------------------------------------------------
+
+
+async def load(session: AsyncSession, job_id: str) -> Job | None:
+    return await session.get(Job, job_id)
+
+
+async def claimed_task(session: AsyncSession, job_id: str) -> str | None:
+    """The task a callback said belongs to this job, when we never recorded one."""
+    query = (
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.type == EventType.CALLBACK_RECEIVED)
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
+    data = (await session.execute(query)).scalar_one_or_none()
+    task_id = data.get("task_id") if isinstance(data, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+async def idempotency_key(session: AsyncSession, owner: str, key: str) -> IdempotencyKey | None:
+    return await session.get(IdempotencyKey, (owner, key))
+
+
+# ---- taking a job in ----------------------------------------------------------------------
+
+
+async def add_job(conn: AsyncConnection, job: Job, event: NewEvent) -> None:
+    """Store a new job with its first event."""
+    await conn.execute(insert(Job).values(row_values(job)))
+    await add_events(conn, job.id, [event], job.created_at)
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, key: IdempotencyKey, *, expired_before: datetime
 ) -> None:
-    await session.execute(
-        insert(JobEvent).values(job_id=job_id, type=type, data=data, created_at=now)
+    """Store the key; one older than `expired_before` may be used again. A live one makes
+    the INSERT fail (IntegrityError): another request took it first."""
+    await conn.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.owner == key.owner,
+            IdempotencyKey.key == key.key,
+            IdempotencyKey.created_at < expired_before,
+        )
     )
+    await conn.execute(insert(IdempotencyKey).values(row_values(key)))
 
 
-async def get_job(session: AsyncSession, job_id: str, *, owner: str | None = None) -> Job | None:
-    """The job, or None when it does not exist or belongs to someone else."""
-    query = select(Job).where(Job.id == job_id)
-    if owner is not None:
-        query = query.where(Job.owner == owner)
-    return (await session.execute(query)).scalar_one_or_none()
+# ---- status changes: one compare-and-set path ------------------------------------------------
 
 
-async def change_status(
-    session: AsyncSession,
-    *,
-    job_id: str,
-    target: JobStatus,
-    values: dict[str, Any],
-    lease_owner: str | None = None,
-) -> bool:
-    """Compare-and-set: move the job to `target` only from a status that may precede it."""
-    conditions = [Job.id == job_id, Job.status.in_([s.value for s in sources_of(target)])]
-    if lease_owner is not None:
-        conditions.append(Job.lease_owner == lease_owner)
-    result = await session.execute(
-        update(Job)
-        .where(*conditions)
-        .values(status=target.value, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+async def move(conn: AsyncConnection, change: StatusChange, owner: str) -> bool:
+    """Move a job while `owner` holds its lease; False if it moved (or was taken) first."""
+    return await _change_status(conn, change, Job.lease_owner == owner)
 
 
-def _task_unrecorded(job_id: str) -> tuple[ColumnElement[bool], ...]:
-    return (
-        Job.id == job_id,
-        Job.status == JobStatus.PENDING.value,
-        Job.provider_task_id.is_(None),
-    )
-
-
-async def record_task(
-    session: AsyncSession, *, job_id: str, target: JobStatus, values: dict[str, Any]
-) -> bool:
-    """Compare-and-set a pending job that has no provider task yet to `target`."""
-    result = await session.execute(
-        update(Job)
-        .where(*_task_unrecorded(job_id))
-        .values(status=target.value, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
-
-
-async def record_task_in_one_statement(
+async def fail(
     conn: AsyncConnection,
-    *,
-    job_id: str,
-    target: JobStatus,
-    values: dict[str, Any],
-    task_data: dict[str, Any],
-    status_data: dict[str, Any],
+    lease: Lease,
+    error: JobError,
     now: datetime,
+    events: tuple[NewEvent, ...] = (),
 ) -> bool:
-    """`record_task` and its events as one PostgreSQL statement (atomic on its own).
+    """Fail a leased job, unless it ended first; `events` are recorded either way."""
+    job = lease.job
+    change = StatusChange(job, JobStatus.FAILED, now, now, JobPatch(error=error), events, events)
+    return await move(conn, change, lease.owner)
 
-    On an autocommit connection this is one round trip instead of five (BEGIN, UPDATE,
-    two INSERTs, COMMIT); the shorter the time between "the provider accepted" and "we
-    recorded it", the fewer crashes fall inside it.
-    """
-    moved = (
+
+async def record_task(conn: AsyncConnection, change: StatusChange) -> bool:
+    """Record the task the provider accepted for a pending job that has none yet, whoever
+    holds its lease by now: a task accepted for a job without one is this job's, and
+    recording it is what prevents a second one."""
+    return await _change_status(conn, change, Job.provider_task_id.is_(None))
+
+
+async def _change_status(
+    conn: AsyncConnection, change: StatusChange, guard: ColumnElement[bool]
+) -> bool:
+    job, now, target = change.job, change.now, change.target
+    values: dict[str, Any] = {**change.patch, "status": target, "updated_at": now}
+    values |= LEASE_RETURNED
+    if is_terminal(target):
+        # The job ends: no more checks, but its webhook (if any) is due now.
+        values |= {
+            "completed_at": now,
+            "submit_started_at": None,
+            "next_check_at": now if job.webhook_url else None,
+        }
+    else:
+        values["next_check_at"] = _due(job, change.next_check, now)
+    statement = (
         update(Job)
-        .where(*_task_unrecorded(job_id))
-        .values(status=target.value, **values)
-        .returning(Job.id)
-        .cte("moved")
+        .where(Job.id == job.id, Job.status.in_(sources_of(target)), guard)
+        .values(**values)
     )
+    status_data: dict[str, Any] = {"from": job.status.value, "to": target.value}
+    if "error" in change.patch:
+        status_data["error"] = change.patch["error"]
+    events = (*change.events, NewEvent(EventType.JOB_STATUS_CHANGED, status_data))
+    if conn.dialect.name == "postgresql":
+        changed = await _change_in_one_statement(conn, statement, job.id, events, change)
+    else:
+        changed = (await conn.execute(statement)).rowcount == 1
+        await add_events(conn, job.id, events if changed else change.if_refused, now)
+    if changed:
+        _note_status_change(job, target, now)
+    return bool(changed)
 
-    def event(type_: str, data: dict[str, Any]) -> Select[str, str, Any, datetime]:
+
+async def _change_in_one_statement(
+    conn: AsyncConnection,
+    statement: Any,
+    job_id: str,
+    events: Sequence[NewEvent],
+    change: StatusChange,
+) -> bool:
+    moved = statement.returning(Job.id).cte("moved")
+
+    def row(event: NewEvent) -> Any:
         return select(
             literal(job_id, String),
-            literal(type_, String),
-            literal(data, JSONType),
-            literal(now, UTCDateTime),
+            literal(event.type.value, String),
+            literal(event.data, JSONType),
+            literal(change.now, UTCDateTime),
         )
 
-    events = union_all(
-        event("provider.submitted", task_data).select_from(moved),
-        event("job.status_changed", status_data).select_from(moved),
-        event("provider.duplicate_task", task_data).where(~exists(select(moved.c.id))),
-    )
+    rows = [row(event).select_from(moved) for event in events]
+    rows += [row(event).where(~exists(select(moved.c.id))) for event in change.if_refused]
     result = await conn.execute(
         insert(JobEvent)
-        .from_select(["job_id", "type", "data", "created_at"], events)
+        .from_select(["job_id", "type", "data", "created_at"], union_all(*rows))
         .add_cte(moved)
         .returning(JobEvent.type)
     )
-    return "provider.submitted" in result.scalars().all()
+    return EventType.JOB_STATUS_CHANGED in result.scalars().all()
+
+
+def _due(job: Job, planned: datetime, now: datetime) -> ColumnElement[datetime]:
+    """When a job handed back is next looked at: as planned, unless a callback arrived
+    since it was loaded, which asks for a prompt check."""
+    return case((Job.callback_status.is_distinct_from(job.callback_status), now), else_=planned)
+
+
+def _note_status_change(job: Job, target: JobStatus, now: datetime) -> None:
+    log.info("job_status_changed", job_id=job.id, status_from=job.status, status_to=target)
+    if is_terminal(target):
+        JOBS_FINISHED.labels(job.model, target).inc()
+        JOB_DURATION.labels(job.model, target).observe((now - job.created_at).total_seconds())
+
+
+# ---- bookkeeping while holding the lease -----------------------------------------------------
+
+
+async def release(
+    conn: AsyncConnection,
+    lease: Lease,
+    now: datetime,
+    patch: JobPatch | None = None,
+    recheck_at: datetime | None = None,
+) -> bool:
+    """Hand a leased job back, with its bookkeeping. With `recheck_at` it is due again
+    then (at once if a callback arrived since it was loaded)."""
+    values: dict[str, Any] = {**(patch or {}), **LEASE_RETURNED}
+    if recheck_at is not None:
+        values["next_check_at"] = _due(lease.job, recheck_at, now)
+    result = await conn.execute(_held(lease).values(**values))
+    return bool(result.rowcount == 1)
+
+
+def _held(lease: Lease) -> Update:
+    return update(Job).where(Job.id == lease.job.id, Job.lease_owner == lease.owner)
+
+
+async def begin_submit_attempt(conn: AsyncConnection, lease: Lease, now: datetime) -> bool:
+    """Count a submission attempt and mark it started, before the provider hears of it;
+    False when the lease is lost."""
+    job = lease.job
+    result = await conn.execute(
+        _held(lease).values(submit_attempts=Job.submit_attempts + 1, submit_started_at=now)
+    )
+    held = bool(result.rowcount == 1)
+    if held and job.submit_started_at is not None:
+        resubmitting = NewEvent(
+            EventType.PROVIDER_RESUBMITTING,
+            {
+                "reason": "the previous attempt's outcome is unknown",
+                "previous_attempt_at": job.submit_started_at.isoformat(),
+            },
+        )
+        await add_events(conn, job.id, [resubmitting], now)
+    return held
 
 
 async def request_check(
-    session: AsyncSession, *, job_id: str, now: datetime, cutoff: datetime
+    conn: AsyncConnection, *, job_id: str, now: datetime, checked_before: datetime
 ) -> bool:
-    """Make an in-flight job, not checked since `cutoff`, due now (once, not per reader)."""
-    result = await session.execute(
+    """Make an in-flight job, not checked since `checked_before`, due now (once, not per
+    reader)."""
+    result = await conn.execute(
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            or_(Job.checked_at.is_(None), Job.checked_at < cutoff),
+            Job.status.in_(IN_FLIGHT),
+            or_(Job.checked_at.is_(None), Job.checked_at < checked_before),
             Job.next_check_at > now,
         )
         .values(next_check_at=now)
-        .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return bool(result.rowcount == 1)
 
 
-async def update_held(
-    session: AsyncSession, *, job_id: str, lease_owner: str, values: dict[str, Any]
-) -> bool:
-    """Update bookkeeping on a job only while we still hold its lease."""
-    result = await session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == lease_owner)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+# ---- callbacks ----------------------------------------------------------------------------
 
 
-def _lease_free(now: datetime) -> ColumnElement[bool]:
-    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+@dataclass
+class CallbackView:
+    """What a callback is judged against: the job's status, task, and the furthest
+    provider status a callback has claimed so far."""
+
+    status: JobStatus
+    task_id: str | None
+    seen: ProviderStatus | None
 
 
-async def claim_due(
-    session: AsyncSession,
-    *,
-    statuses: Iterable[JobStatus],
-    now: datetime,
-    lease_owner: str,
-    lease_until: datetime,
-    limit: int,
-    skip_locked: bool,
-    extra: Sequence[ColumnElement[bool]] = (),
-) -> list[str]:
-    """Lease up to `limit` due jobs to `lease_owner`; no two claimers ever get the same job."""
-    candidates = (
-        select(Job.id)
-        .where(
-            Job.next_check_at <= now,
-            Job.status.in_([s.value for s in statuses]),
-            _lease_free(now),
-            *extra,
-        )
-        .order_by(Job.next_check_at)
-        .limit(limit)
-    )
-    if skip_locked:
-        candidates = candidates.with_for_update(skip_locked=True)
-    result = await session.execute(
-        update(Job)
-        .where(Job.id.in_(candidates.scalar_subquery()), _lease_free(now))
-        .values(lease_owner=lease_owner, lease_expires_at=lease_until)
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    return list(result.scalars())
-
-
-async def release_leases(
-    session: AsyncSession, *, lease_owner: str, job_ids: Iterable[str]
-) -> None:
-    await session.execute(
-        update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.lease_owner == lease_owner)
-        .values(lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def count_due(session: AsyncSession, *, statuses: Iterable[JobStatus], now: datetime) -> int:
-    query = select(func.count()).where(
-        Job.next_check_at <= now, Job.status.in_([s.value for s in statuses])
-    )
-    return int((await session.execute(query)).scalar_one())
-
-
-async def oldest_due(
-    session: AsyncSession, *, statuses: Iterable[JobStatus], now: datetime
-) -> datetime | None:
+async def lock_for_callbacks(
+    conn: AsyncConnection, job_ids: Collection[str]
+) -> dict[str, CallbackView]:
+    """The jobs a batch of callbacks names, locked in id order on PostgreSQL (so batches
+    in flight at once queue per job, never deadlock); SQLite has one writer anyway."""
     query = (
-        select(Job.next_check_at)
-        .where(Job.next_check_at <= now, Job.status.in_([s.value for s in statuses]))
-        .order_by(Job.next_check_at)
-        .limit(1)
+        select(Job.id, Job.status, Job.provider_task_id, Job.callback_status)
+        .where(Job.id.in_(sorted(job_ids)))
+        .order_by(Job.id)
+        .with_for_update()
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    return {row.id: CallbackView(*row[1:]) for row in await conn.execute(query)}
+
+
+async def note_callbacks(
+    conn: AsyncConnection, claims: Mapping[str, ProviderStatus | None], now: datetime
+) -> None:
+    """Jobs a callback spoke about: remember the furthest status claimed, and make each
+    due for a status check now (the worker confirms; a callback never moves a job)."""
+    if not claims:
+        return
+    await conn.execute(
+        update(Job)
+        # Spelled out: an IN list cannot be expanded inside an executemany.
+        .where(Job.id == bindparam("b_id"), or_(*(Job.status == s for s in _ACTIVE)))
+        .values(callback_status=bindparam("b_seen"), next_check_at=bindparam("b_due")),
+        [{"b_id": job_id, "b_seen": seen, "b_due": now} for job_id, seen in claims.items()],
+    )
+
+
+# ---- events --------------------------------------------------------------------------------
+
+
+async def add_events(
+    conn: AsyncConnection, job_id: str, events: Sequence[NewEvent], now: datetime
+) -> None:
+    await add_many_events(conn, [(job_id, event) for event in events], now)
+
+
+async def add_many_events(
+    conn: AsyncConnection, events: Sequence[tuple[str, NewEvent]], now: datetime
+) -> None:
+    """Append events to several jobs' trails in one statement."""
+    if not events:
+        return
+    await conn.execute(
+        insert(JobEvent),
+        [
+            {"job_id": job_id, "type": event.type.value, "data": event.data, "created_at": now}
+            for job_id, event in events
+        ],
+    )

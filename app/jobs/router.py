@@ -8,8 +8,14 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, Query, Response
 
-from app.deps import CallerDep, RuntimeDep
-from app.errors import error_responses
+from app.errors import (
+    BadRequest,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from app.jobs import queries
 from app.jobs.schemas import (
     NO_NUL_PATTERN,
@@ -17,10 +23,13 @@ from app.jobs.schemas import (
     JobCreate,
     JobList,
     JobOut,
-    event_to_dict,
+    event_list,
+    job_list,
     job_to_dict,
 )
 from app.jobs.states import JobStatus
+from app.web.deps import CallerDep, RuntimeDep
+from app.web.errors import error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,7 +62,7 @@ def _utc(moment: datetime | None) -> datetime | None:
     summary="Create a job",
     responses={
         200: {"model": JobOut, "description": "Replay of an earlier request with this key"},
-        **error_responses(401, 409, 413, 415, 422, 429),
+        **error_responses(BadRequest, Conflict, UnsupportedMediaType, InvalidRequest, RateLimited),
     },
 )
 async def create_job(
@@ -73,7 +82,7 @@ async def create_job(
     "",
     response_model=JobList,
     summary="List jobs, newest first",
-    responses=error_responses(401, 422),
+    responses=error_responses(InvalidRequest),
 )
 async def list_jobs(
     runtime: RuntimeDep,
@@ -89,16 +98,14 @@ async def list_jobs(
     jobs, next_cursor = await queries.list_jobs(
         runtime.db, caller=caller, filters=filters, limit=limit, cursor=cursor
     )
-    return _json(
-        {"object": "list", "data": [job_to_dict(j) for j in jobs], "next_cursor": next_cursor}
-    )
+    return _json(job_list(jobs, next_cursor))
 
 
 @router.get(
     "/{job_id}",
     response_model=JobOut,
     summary="Get a job",
-    responses=error_responses(401, 404),
+    responses=error_responses(NotFound),
 )
 async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
@@ -110,7 +117,7 @@ async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Respon
     "/{job_id}/events",
     response_model=EventList,
     summary="A job's audit trail, oldest first",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(NotFound, InvalidRequest),
 )
 async def list_events(
     job_id: str,
@@ -122,6 +129,4 @@ async def list_events(
     events, next_cursor = await queries.list_events(
         runtime.db, caller=caller, job_id=job_id, limit=limit, cursor=cursor
     )
-    return _json(
-        {"object": "list", "data": [event_to_dict(e) for e in events], "next_cursor": next_cursor}
-    )
+    return _json(event_list(events, next_cursor))

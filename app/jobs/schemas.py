@@ -1,13 +1,23 @@
-"""The client API's job shapes (CONTRACT §3)."""
+"""The client API's job shapes, each described once: `job_to_dict` builds exactly the
+typed dict that the OpenAPI document shows (mypy checks one against the other)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
-from app.catalog.fields import HttpUrl
-from app.jobs.models import EventRecord, JobRecord
+from app.catalog.fields import MAX_URL_CHARS, HttpUrl
+from app.jobs.models import EventRecord, JobError, JobOutput, JobRecord
 from app.jobs.states import JobStatus
 from app.timeutil import isoformat_z
 
@@ -52,8 +62,15 @@ class JobCreate(BaseModel):
 
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     input: dict[str, Any]
-    metadata: Metadata = Field(default_factory=dict)
-    webhook_url: HttpUrl | None = None
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description=f"Up to {MAX_METADATA_PAIRS} string pairs; keys 1-{MAX_METADATA_KEY_CHARS} "
+        f"characters, values up to {MAX_METADATA_VALUE_CHARS}. Returned as given.",
+    )
+    webhook_url: HttpUrl | None = Field(
+        default=None,
+        description=f"An http(s) URL (at most {MAX_URL_CHARS} characters) told when the job ends.",
+    )
 
     @field_validator("input", "webhook_url")
     @classmethod
@@ -73,68 +90,51 @@ Timestamp = Annotated[
         examples=["2025-11-12T10:30:00.000Z"],
     ),
 ]
+JOB_EXAMPLE: dict[str, JsonValue] = {
+    "id": "job_01jcz3q9m4b8x2v7k5n0r6t1yw",
+    "object": "job",
+    "model": "wan2.5-image-to-video",
+    "status": "succeeded",
+    "input": {
+        "prompt": "a red fox running through snow",
+        "image_urls": ["https://example.com/fox.jpg"],
+        "resolution": "720p",
+        "duration": 5,
+    },
+    "metadata": {"order": "42"},
+    "webhook_url": None,
+    "provider": {
+        "name": "poyo",
+        "task_id": "task-unified-1731407400-ab12cd34",
+        "status": "finished",
+    },
+    "progress": 100,
+    "outputs": [{"url": "https://cdn.example.com/out.mp4", "type": "video"}],
+    "error": None,
+    "created_at": "2025-11-12T10:30:00.000Z",
+    "updated_at": "2025-11-12T10:32:10.000Z",
+    "submitted_at": "2025-11-12T10:30:00.120Z",
+    "completed_at": "2025-11-12T10:32:10.000Z",
+}
 
 
-class ProviderInfo(BaseModel):
-    name: Literal["poyo"] = "poyo"
+class ProviderInfo(TypedDict):
+    name: Literal["poyo"]
     task_id: str | None
     status: str | None
 
 
-class JobOutput(BaseModel):
-    url: str
-    type: str
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_serialization_defaults_required=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "job_01jcz3q9m4b8x2v7k5n0r6t1yw",
-                    "object": "job",
-                    "model": "wan2.5-image-to-video",
-                    "status": "succeeded",
-                    "input": {
-                        "prompt": "a red fox running through snow",
-                        "image_urls": ["https://example.com/fox.jpg"],
-                        "resolution": "720p",
-                        "duration": 5,
-                    },
-                    "metadata": {"order": "42"},
-                    "webhook_url": None,
-                    "provider": {
-                        "name": "poyo",
-                        "task_id": "task-unified-1731407400-ab12cd34",
-                        "status": "finished",
-                    },
-                    "progress": 100,
-                    "outputs": [{"url": "https://cdn.example.com/out.mp4", "type": "video"}],
-                    "error": None,
-                    "created_at": "2025-11-12T10:30:00.000Z",
-                    "updated_at": "2025-11-12T10:32:10.000Z",
-                    "submitted_at": "2025-11-12T10:30:00.120Z",
-                    "completed_at": "2025-11-12T10:32:10.000Z",
-                }
-            ]
-        },
-    )
-
+@with_config(ConfigDict(title="JobOut", json_schema_extra={"examples": [JOB_EXAMPLE]}))
+class JobOut(TypedDict):
     id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
-    object: Literal["job"] = "job"
+    object: Literal["job"]
     model: str
     status: JobStatus
     input: dict[str, Any]
     metadata: dict[str, str]
     webhook_url: str | None
     provider: ProviderInfo
-    progress: int = Field(ge=0, le=100)
+    progress: Annotated[int, Field(ge=0, le=100)]
     outputs: list[JobOutput]
     error: JobError | None
     created_at: Timestamp
@@ -143,43 +143,26 @@ class JobOut(BaseModel):
     completed_at: Timestamp | None
 
 
-class JobList(BaseModel):
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
-
-    object: Literal["list"] = "list"
+class JobList(TypedDict):
+    object: Literal["list"]
     data: list[JobOut]
     next_cursor: str | None
 
 
-class EventOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "evt_1",
-                    "type": "job.created",
-                    "created_at": "2025-11-12T10:30:00.000Z",
-                    "data": {"model": "wan2.5-image-to-video"},
-                }
-            ]
-        }
-    )
-
+class EventOut(TypedDict):
     id: Annotated[str, Field(pattern=r"^evt_[0-9]+$")]
     type: str
     created_at: Timestamp
     data: dict[str, Any]
 
 
-class EventList(BaseModel):
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
-
-    object: Literal["list"] = "list"
+class EventList(TypedDict):
+    object: Literal["list"]
     data: list[EventOut]
-    next_cursor: str | None = None
+    next_cursor: str | None
 
 
-def job_to_dict(job: JobRecord) -> dict[str, Any]:
+def job_to_dict(job: JobRecord) -> JobOut:
     """The public JSON of a job; built by hand because this is the hottest read path."""
     return {
         "id": job.id,
@@ -204,10 +187,26 @@ def job_to_dict(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def event_to_dict(event: EventRecord) -> dict[str, Any]:
+def job_list(jobs: list[JobRecord], next_cursor: str | None) -> JobList:
+    return {
+        "object": "list",
+        "data": [job_to_dict(job) for job in jobs],
+        "next_cursor": next_cursor,
+    }
+
+
+def event_to_dict(event: EventRecord) -> EventOut:
     return {
         "id": f"evt_{event.id}",
         "type": event.type,
         "created_at": isoformat_z(event.created_at),
         "data": event.data,
+    }
+
+
+def event_list(events: list[EventRecord], next_cursor: str | None) -> EventList:
+    return {
+        "object": "list",
+        "data": [event_to_dict(event) for event in events],
+        "next_cursor": next_cursor,
     }

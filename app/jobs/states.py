@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from app.provider.schemas import ProviderStatus
+
 
 class JobStatus(StrEnum):
     PENDING = "pending"
@@ -17,15 +19,10 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
-class ProviderStatus(StrEnum):
-    NOT_STARTED = "not_started"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 ACTIVE: frozenset[JobStatus] = frozenset(set(JobStatus) - TERMINAL)
+# Accepted by the provider and not finished: what status checks are for.
+IN_FLIGHT: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 _RANK = {
     JobStatus.PENDING: 0,

@@ -27,7 +27,7 @@ from sqlalchemy import Delete, delete, or_, select, tuple_
 from app.auth.models import RateLimitWindow
 from app.auth.ratelimit import WINDOW_SECONDS
 from app.db import Database
-from app.ids import job_id_bound
+from app.ids import first_job_id_at
 from app.jobs.models import IdempotencyKey, Job, JobEvent
 from app.jobs.states import TERMINAL
 from app.timeutil import utcnow
@@ -97,8 +97,8 @@ async def _in_batches(
     """Run a bounded DELETE until it deletes less than a full batch; rows deleted."""
     total = 0
     while True:
-        async with db.write() as session:
-            deleted = _rowcount(await session.execute(statement()))
+        async with db.write() as conn:
+            deleted = (await conn.execute(statement())).rowcount
         result.batches += 1
         total += deleted
         if deleted < batch_size:
@@ -122,7 +122,7 @@ async def _prune_events(db: Database, result: PruneResult, batch_size: int) -> N
 async def _prune_jobs(db: Database, result: PruneResult, now: datetime, batch_size: int) -> None:
     # Job ids are time-ordered (app/ids.py): `id < bound` is a range scan of the
     # (status, id) index however long the history is.
-    bound = job_id_bound(result.cutoff, upper=False)
+    bound = first_job_id_at(result.cutoff)
     while True:
         candidates = (
             select(Job.id)
@@ -134,19 +134,16 @@ async def _prune_jobs(db: Database, result: PruneResult, now: datetime, batch_si
             )
             .order_by(Job.id)
             .limit(batch_size)
+            .with_for_update(skip_locked=True)  # SQLite has one writer and ignores it
         )
-        if not db.is_sqlite:
-            candidates = candidates.with_for_update(skip_locked=True)
-        async with db.write() as session:
-            job_ids = list((await session.execute(candidates)).scalars())
+        async with db.write() as conn:
+            job_ids = list((await conn.execute(candidates)).scalars())
             if job_ids:
-                events = await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
-                await session.execute(
-                    delete(IdempotencyKey).where(IdempotencyKey.job_id.in_(job_ids))
-                )
-                removed = await session.execute(delete(Job).where(Job.id.in_(job_ids)))
-                result.events += _rowcount(events)
-                result.jobs += _rowcount(removed)
+                events = await conn.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
+                await conn.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id.in_(job_ids)))
+                removed = await conn.execute(delete(Job).where(Job.id.in_(job_ids)))
+                result.events += events.rowcount
+                result.jobs += removed.rowcount
         result.batches += 1
         if len(job_ids) < batch_size:
             return
@@ -171,8 +168,3 @@ def _spent_windows(before: int, batch_size: int) -> Delete:
     return delete(RateLimitWindow).where(
         tuple_(RateLimitWindow.key_id, RateLimitWindow.window_start).in_(old)
     )
-
-
-def _rowcount(result: object) -> int:
-    count = getattr(result, "rowcount", 0)
-    return int(count) if isinstance(count, int) and count > 0 else 0

@@ -1,4 +1,4 @@
-"""`/healthz`, `/readyz`, `/metrics` (CONTRACT §5)."""
+"""`/healthz`, `/readyz`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from app.deps import RuntimeDep
-from app.errors import ServiceUnavailable, error_responses
+from app.errors import Unavailable
 from app.metrics import REGISTRY
+from app.web.deps import RuntimeDep
+from app.web.errors import error_responses
 
 router = APIRouter(tags=["operations"])
 log = structlog.get_logger(__name__)
@@ -31,14 +32,14 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="The database is reachable",
-    responses=error_responses(503),
+    responses=error_responses(Unavailable),
 )
 async def readyz(runtime: RuntimeDep) -> Health:
     try:
         await runtime.db.ping()
     except Exception as exc:
         log.warning("readiness_failed", error_type=type(exc).__name__)
-        raise ServiceUnavailable("database unreachable") from None
+        raise Unavailable("database unreachable") from None
     return Health()
 
 

@@ -111,9 +111,7 @@ def _raise_for_status(response: httpx.Response) -> None:
     if status < 400:
         return
     message = _error_message(response)
-    if status == 429:
-        raise ProviderUnavailable(message, http_status=status, retry_after=_retry_after(response))
-    if status in (408, 425) or status >= 500:
+    if status in (408, 425, 429) or status >= 500:
         raise ProviderUnavailable(message, http_status=status, retry_after=_retry_after(response))
     raise ProviderRejected(message, http_status=status)
 

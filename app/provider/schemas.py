@@ -1,12 +1,19 @@
-"""PoYo's wire format (CONTRACT §1): lenient where it may grow, strict where it matters."""
+"""PoYo's wire format (docs/API.md, "The provider"): lenient where it may grow, strict where
+it matters."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.jobs.states import ProviderStatus
+
+class ProviderStatus(StrEnum):
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
 
 
 def _storable(value: str) -> str:
@@ -54,11 +61,6 @@ class TaskStatus(_Lenient):
     files: list[ProviderFile] | None = Field(default=None, max_length=32)
     created_time: str | None = None
     error_message: Text | None = Field(default=None, max_length=4096)
-
-    def outputs(self) -> list[dict[str, Any]]:
-        return [
-            {"url": item.file_url, "type": item.file_type or "video"} for item in self.files or []
-        ]
 
 
 def unwrap(body: Any) -> Any:

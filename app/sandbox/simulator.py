@@ -1,4 +1,4 @@
-"""A PoYo simulator: the same endpoints and bodies as CONTRACT §1, with fault knobs.
+"""A PoYo simulator: the same endpoints and bodies as PoYo (docs/API.md), with fault knobs.
 
 Tasks move not_started → running → finished (or failed) on a clock, and when they end
 the simulator really POSTs the callback to the task's callback URL. Faults (errors, 429,
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app.callbacks.credentials import webhook_signature
+from app.provider import signature
 
 log = structlog.get_logger("poyo_relay.sandbox")
 
@@ -218,7 +218,7 @@ async def _post_callback(state: SimulatorState, task: SimTask, view: dict[str, A
     if state.faults.webhook_secret:
         timestamp = str(int(time.time()))
         headers["X-Webhook-Timestamp"] = timestamp
-        headers["X-Webhook-Signature"] = webhook_signature(
+        headers["X-Webhook-Signature"] = signature.sign(
             state.faults.webhook_secret, task.task_id, timestamp
         )
     for attempt in range(3):

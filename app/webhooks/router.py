@@ -7,8 +7,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.deps import CallerDep, RuntimeDep
-from app.errors import error_responses
+from app.web.deps import CallerDep, RuntimeDep
 from app.webhooks.signing import owner_secret
 
 router = APIRouter(prefix="/v1/webhook_secret", tags=["webhooks"])
@@ -23,7 +22,6 @@ class WebhookSecret(BaseModel):
     "",
     response_model=WebhookSecret,
     summary="The signing secret of your webhooks (Standard Webhooks, `whsec_…`)",
-    responses=error_responses(401),
 )
 async def get_webhook_secret(runtime: RuntimeDep, caller: CallerDep) -> WebhookSecret:
-    return WebhookSecret(secret=owner_secret(runtime.credentials, caller.owner))
+    return WebhookSecret(secret=owner_secret(runtime.server_key, caller.owner))

@@ -1,8 +1,8 @@
 """Deliver a job's final state to its `webhook_url`, signed per Standard Webhooks.
 
-The worker claims terminal jobs that still owe a webhook (next_check_at is set when a job
-with a webhook_url ends). A 2xx answer delivers it; anything else is retried with backoff
-until WEBHOOK_MAX_ATTEMPTS, and every attempt is on the job's events.
+The worker claims ended jobs that still owe a webhook (a job with a webhook_url is due
+when it ends). A 2xx answer delivers it; anything else is retried with backoff until
+WEBHOOK_MAX_ATTEMPTS, and every attempt is on the job's events.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import orjson
 import structlog
 from standardwebhooks.webhooks import Webhook
 
-from app.callbacks.credentials import CallbackCredentials
+from app.backoff import Backoff
 from app.config import Settings
 from app.db import Database
 from app.jobs import repository as repo
+from app.jobs.events import EventType, NewEvent
 from app.jobs.models import Job
+from app.jobs.repository import JobPatch, Lease
 from app.jobs.schemas import job_to_dict
-from app.jobs.states import JobStatus
-from app.jobs.transitions import backoff_delay
+from app.jobs.states import TERMINAL
+from app.keyring.models import ServerKey
 from app.timeutil import utcnow
 from app.webhooks.guard import ForbiddenTarget, check_target
 from app.webhooks.signing import owner_secret
@@ -31,12 +33,12 @@ log = structlog.get_logger(__name__)
 
 
 class WebhookSender:
-    def __init__(
-        self, *, settings: Settings, db: Database, credentials: CallbackCredentials
-    ) -> None:
-        self.settings = settings
+    def __init__(self, *, settings: Settings, db: Database, server_key: ServerKey) -> None:
         self.db = db
-        self.credentials = credentials
+        self.server_key = server_key
+        self.max_attempts = settings.webhook_max_attempts
+        self.allow_private = settings.webhook_allow_private
+        self.retry = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=5.0),
             follow_redirects=False,
@@ -47,38 +49,33 @@ class WebhookSender:
         await self.http.aclose()
 
     async def deliver(self, *, job_id: str, lease_owner: str) -> None:
-        """One delivery attempt for a leased terminal job."""
+        """One delivery attempt for a leased job that ended."""
         async with self.db.read() as session:
-            job = await repo.get_job(session, job_id)
+            job = await repo.load(session, job_id)
         if job is None:
             return
-        if job.webhook_url is None or job.status not in (
-            JobStatus.SUCCEEDED.value,
-            JobStatus.FAILED.value,
-        ):
-            await self._finish(job, lease_owner, None, None)
+        lease = Lease(job, lease_owner)
+        if job.webhook_url is None or job.status not in TERMINAL:
+            await self._finish(lease, None)
             return
         attempt = job.webhook_attempts + 1
-        outcome, detail = await self._send(job)
-        if outcome == "delivered":
-            await self._finish(
-                job, lease_owner, "webhook.delivered", {"attempt": attempt, **detail}
-            )
-        elif attempt >= self.settings.webhook_max_attempts:
-            await self._finish(
-                job, lease_owner, "webhook.abandoned", {"attempt": attempt, **detail}
-            )
+        delivered, detail = await self._send(job, job.webhook_url)
+        data = {"attempt": attempt, **detail}
+        if delivered:
+            await self._finish(lease, NewEvent(EventType.WEBHOOK_DELIVERED, data))
+        elif attempt >= self.max_attempts:
+            log.warning("webhook_abandoned", job_id=job.id)
+            await self._finish(lease, NewEvent(EventType.WEBHOOK_ABANDONED, data))
         else:
-            await self._retry_later(job, lease_owner, attempt, detail)
+            await self._retry_later(lease, NewEvent(EventType.WEBHOOK_FAILED, data))
 
-    async def _send(self, job: Job) -> tuple[str, dict[str, Any]]:
-        assert job.webhook_url is not None
+    async def _send(self, job: Job, url: str) -> tuple[bool, dict[str, Any]]:
         now = utcnow()
         body = orjson.dumps(
             {"type": f"job.{job.status}", "timestamp": now.isoformat(), "data": job_to_dict(job)}
         ).decode()
         message_id = f"msg_{job.id}_{job.status}"
-        signature = Webhook(owner_secret(self.credentials, job.owner)).sign(message_id, now, body)
+        signature = Webhook(owner_secret(self.server_key, job.owner)).sign(message_id, now, body)
         headers = {
             "content-type": "application/json",
             "webhook-id": message_id,
@@ -86,59 +83,27 @@ class WebhookSender:
             "webhook-signature": signature,
         }
         try:
-            await check_target(job.webhook_url, allow_private=self.settings.webhook_allow_private)
-            response = await self.http.post(job.webhook_url, content=body, headers=headers)
+            await check_target(url, allow_private=self.allow_private)
+            response = await self.http.post(url, content=body, headers=headers)
         except ForbiddenTarget as exc:
-            return "failed", {"error": f"target refused: {exc}"}
+            return False, {"error": f"target refused: {exc}"}
         except httpx.HTTPError as exc:
-            return "failed", {"error": type(exc).__name__}
-        detail = {"http_status": response.status_code}
-        return ("delivered" if response.is_success else "failed"), detail
+            return False, {"error": type(exc).__name__}
+        return response.is_success, {"http_status": response.status_code}
 
-    async def _finish(
-        self, job: Job, lease_owner: str, event: str | None, data: dict[str, Any] | None
-    ) -> None:
-        async with self.db.write() as session:
-            held = await repo.update_held(
-                session,
-                job_id=job.id,
-                lease_owner=lease_owner,
-                values={
-                    "next_check_at": None,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "webhook_attempts": Job.webhook_attempts + (1 if event else 0),
-                },
-            )
-            if held and event is not None and data is not None:
-                await repo.add_event(session, job_id=job.id, type=event, data=data, now=utcnow())
-        if event == "webhook.abandoned":
-            log.warning("webhook_abandoned", job_id=job.id)
+    async def _finish(self, lease: Lease, event: NewEvent | None) -> None:
+        """No more deliveries: counted when one was attempted, recorded with its event."""
+        attempts = lease.job.webhook_attempts + (1 if event else 0)
+        patch = JobPatch(next_check_at=None, webhook_attempts=attempts)
+        async with self.db.write() as conn:
+            now = utcnow()
+            if await repo.release(conn, lease, now, patch) and event is not None:
+                await repo.add_events(conn, lease.job.id, [event], now)
 
-    async def _retry_later(
-        self, job: Job, lease_owner: str, attempt: int, detail: dict[str, Any]
-    ) -> None:
-        now = utcnow()
-        delay = backoff_delay(
-            attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
-        )
-        async with self.db.write() as session:
-            held = await repo.update_held(
-                session,
-                job_id=job.id,
-                lease_owner=lease_owner,
-                values={
-                    "next_check_at": now + timedelta(seconds=delay),
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "webhook_attempts": attempt,
-                },
-            )
-            if held:
-                await repo.add_event(
-                    session,
-                    job_id=job.id,
-                    type="webhook.failed",
-                    data={"attempt": attempt, **detail},
-                    now=now,
-                )
+    async def _retry_later(self, lease: Lease, failed: NewEvent) -> None:
+        attempt = lease.job.webhook_attempts + 1
+        async with self.db.write() as conn:
+            now = utcnow()
+            retry_at = now + timedelta(seconds=self.retry.delay(attempt))
+            if await repo.release(conn, lease, now, JobPatch(webhook_attempts=attempt), retry_at):
+                await repo.add_events(conn, lease.job.id, [failed], now)

@@ -1,11 +1,11 @@
-"""Each owner's signing secret, in the `whsec_` form Standard Webhooks libraries accept."""
+"""Each owner's webhook signing secret, in the `whsec_` form Standard Webhooks libraries accept."""
 
 from __future__ import annotations
 
 import base64
 
-from app.callbacks.credentials import CallbackCredentials
+from app.keyring.models import ServerKey
 
 
-def owner_secret(credentials: CallbackCredentials, owner: str) -> str:
-    return "whsec_" + base64.b64encode(credentials.derive("webhook", owner)).decode()
+def owner_secret(key: ServerKey, owner: str) -> str:
+    return "whsec_" + base64.b64encode(key.derive("webhook", owner)).decode()

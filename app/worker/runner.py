@@ -1,35 +1,60 @@
-"""Runs the worker loops until told to stop, then stops claiming and drains or releases."""
+"""Runs the worker's loops until told to stop, then stops claiming and drains or releases.
+
+The loops are built by the runtime (app/runtime.py), each with the service it needs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import structlog
 
-from app.jobs import repository as repo
-from app.jobs.states import JobStatus
+from app.db import Database
+from app.jobs import leases
 from app.metrics import WORKER_LOOP_LAG, WORKER_QUEUE_DEPTH
-from app.runtime import Runtime
 from app.timeutil import utcnow
-from app.worker.loops import ClaimLoop, build_loops
+from app.worker.loops import ClaimLoop
 
 log = structlog.get_logger(__name__)
 
 GAUGE_INTERVAL_SECONDS = 5.0
-ERROR_PAUSE_SECONDS = 1.0
-# queue name (depth gauge), loop name (lag gauge), the statuses that loop works on
-_QUEUES = (
-    ("pending", "submit", (JobStatus.PENDING,)),
-    ("awaiting_reconcile", "reconcile", (JobStatus.QUEUED, JobStatus.RUNNING)),
-)
+# The queues whose depth and lag are published: queue name (depth), loop name (lag).
+GAUGED = (("pending", "submit"), ("awaiting_reconcile", "reconcile"))
+
+
+class QueueGauges:
+    """Publishes the depth and lag of the submit and reconcile queues every few seconds."""
+
+    def __init__(self, db: Database, loops: dict[str, ClaimLoop]) -> None:
+        self.db = db
+        self.queues = [(queue, loop, loops[loop].queue) for queue, loop in GAUGED]
+
+    async def run_once(self) -> None:
+        now = utcnow()
+        async with self.db.read_connection() as conn:
+            for queue_name, loop_name, queue in self.queues:
+                depth, oldest = await leases.depth(conn, queue, now)
+                WORKER_QUEUE_DEPTH.labels(queue_name).set(depth)
+                lag = (now - oldest).total_seconds() if oldest else 0.0
+                WORKER_LOOP_LAG.labels(loop_name).set(max(lag, 0.0))
+
+    async def serve(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.run_once()
+            except Exception as exc:
+                log.warning("worker_gauges_failed", error_type=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), GAUGE_INTERVAL_SECONDS)
 
 
 class Worker:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.lease_owner = f"worker:{runtime.instance}"
-        self.loops: list[ClaimLoop] = build_loops(runtime, self.lease_owner)
+    def __init__(self, *, db: Database, loops: Sequence[ClaimLoop], lease_owner: str) -> None:
+        self.lease_owner = lease_owner
+        self.loops = {loop.name: loop for loop in loops}
+        self.gauges = QueueGauges(db, self.loops)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -40,46 +65,23 @@ class Worker:
     async def run(self) -> None:
         """Every loop runs on its own, so a slow provider call in one never holds up another."""
         log.info("worker_started", lease_owner=self.lease_owner)
-        runners = [asyncio.create_task(self._run_loop(loop)) for loop in self.loops]
-        runners.append(asyncio.create_task(self._run_gauges()))
+        runners = [asyncio.create_task(loop.serve()) for loop in self.loops.values()]
+        runners.append(asyncio.create_task(self.gauges.serve(self._stopping)))
         try:
             await asyncio.gather(*runners)
         except asyncio.CancelledError:
+            for runner in runners:
+                runner.cancel()
             await asyncio.gather(*runners, return_exceptions=True)  # leases get released
             raise
         finally:
             log.info("worker_stopped", lease_owner=self.lease_owner)
 
-    async def _run_loop(self, loop: ClaimLoop) -> None:
-        woken = self.runtime.wakeup.subscribe()
-        await loop.serve(self._stopping, woken, self.runtime.settings.worker_poll_seconds)
-
-    async def _pass(self, loop: ClaimLoop) -> int:
-        try:
-            return await loop.run_once()
-        except Exception as exc:
-            log.exception("worker_loop_failed", loop=loop.name, error_type=type(exc).__name__)
-            await asyncio.sleep(ERROR_PAUSE_SECONDS)
-            return 0
-
-    async def run_once(self) -> bool:
-        """One pass over every loop in turn (for tests and tools); True if more is waiting."""
-        busy = False
-        for loop in self.loops:
-            if not self._stopping.is_set():
-                busy |= await self._pass(loop) >= loop.limit
-        return busy
-
-    async def _run_gauges(self) -> None:
-        while not self._stopping.is_set():
-            await self._update_gauges()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), GAUGE_INTERVAL_SECONDS)
-
     def request_stop(self) -> None:
         """Stop claiming new work; what is in flight goes on. Safe from a signal handler."""
         self._stopping.set()
-        self.runtime.wakeup.notify()
+        for loop in self.loops.values():
+            loop.request_stop()
 
     async def stop(self, grace_seconds: float = 3.0) -> None:
         """Stop claiming; let in-flight jobs finish for a while, then release their leases."""
@@ -94,17 +96,3 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _update_gauges(self) -> None:
-        now = utcnow()
-        try:
-            async with self.runtime.db.read() as session:
-                for queue, loop, statuses in _QUEUES:
-                    WORKER_QUEUE_DEPTH.labels(queue).set(
-                        await repo.count_due(session, statuses=statuses, now=now)
-                    )
-                    oldest = await repo.oldest_due(session, statuses=statuses, now=now)
-                    lag = (now - oldest).total_seconds() if oldest else 0.0
-                    WORKER_LOOP_LAG.labels(loop).set(max(lag, 0.0))
-        except Exception as exc:
-            log.warning("worker_gauges_failed", error_type=type(exc).__name__)

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and access logs, and body size limits."""
+"""Pure ASGI middleware: request ids and access logs, requests in flight, body size limits."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 import structlog
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import PayloadTooLarge
 from app.metrics import HTTP_REQUESTS
 
 access_log = structlog.get_logger("poyo_relay.access")
@@ -23,16 +24,30 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JOB_IN_PATH = re.compile(r"/(job_[0-9a-z]{26})(?=/|$)")
 
 
+class InFlight:
+    """The requests being served, so that a shutdown can let those cut off by the server's
+    drain hand their work over before the database pool closes."""
+
+    def __init__(self) -> None:
+        self.requests: set[asyncio.Task[Any]] = set()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (at most `seconds`) for the requests still running."""
+        if self.requests:
+            await asyncio.wait(list(self.requests), timeout=seconds)
+
+
 class RequestContext:
     """Accepts or makes an X-Request-ID, binds it (and the job id a path names) to every
-    log line of the request, and writes the access log.
+    log line of the request, writes the access log, and keeps the request `in_flight`.
 
     The access log names the route template, never the raw path: callback paths carry
     credentials.
     """
 
-    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, in_flight: InFlight, access_log_enabled: bool) -> None:
         self.app = app
+        self.in_flight = in_flight.requests
         self.access_log_enabled = access_log_enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,9 +72,13 @@ class RequestContext:
         job = _JOB_IN_PATH.search(scope["path"])
         if job is not None:
             structlog.contextvars.bind_contextvars(job_id=job.group(1))
+        request = asyncio.current_task()
+        if request is not None:
+            self.in_flight.add(request)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.in_flight.discard(request)
             route = _route_template(scope)
             HTTP_REQUESTS.labels(route, scope["method"], f"{status // 100}xx").inc()
             if self.access_log_enabled:
@@ -121,9 +140,11 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self._limit_for(scope["path"])
-        declared = _content_length(scope)
+        headers = Headers(scope=scope)
+        declared = _content_length(headers)
         if declared is not None and declared > limit:
-            if declared <= DRAIN_MAX_BYTES and not _expects_continue(scope):
+            # A client that waits for 100-continue sends its body only once told to.
+            if declared <= DRAIN_MAX_BYTES and headers.get("expect", "").lower() != "100-continue":
                 await _drain(receive)
             await _reject(send, limit)
             return
@@ -168,25 +189,13 @@ async def _drain(receive: Receive) -> None:
                     return
 
 
-def _expects_continue(scope: Scope) -> bool:
-    # Such a client sends its body only once told to: answering at once saves it the upload.
-    return any(
-        name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"]
-    )
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _content_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = orjson.dumps(error_body("payload_too_large", f"request body exceeds {limit} bytes"))
+    body = orjson.dumps(PayloadTooLarge(f"request body exceeds {limit} bytes").body())
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -8,9 +8,9 @@ from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.models import Caller
 from app.auth.service import authenticate
 from app.errors import Unauthorized
-from app.jobs.service import Caller
 from app.runtime import Runtime
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay keys create`.")
@@ -36,7 +36,7 @@ async def get_caller(
     token = credentials.credentials
     caller = await authenticate(runtime.db, token) if len(token) <= MAX_TOKEN_CHARS else None
     if caller is None:
-        raise Unauthorized("invalid or revoked API key")
+        raise Unauthorized()
     return caller
 
 

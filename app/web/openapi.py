@@ -1,0 +1,188 @@
+"""The OpenAPI document: `POST /v1/jobs` describes each model's input exactly, every
+operation lists the errors it can really answer with (in the one envelope, described once
+in app.errors), and routes served outside FastAPI's routing describe themselves."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol, runtime_checkable
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.catalog.models import CATALOG
+from app.errors import (
+    AppError,
+    ErrorEnvelope,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    for_status,
+)
+from app.jobs.schemas import JOB_EXAMPLE
+
+ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
+# Every request can meet these: the body limit stands in front of every route, and every
+# route reads or writes the database.
+_ALWAYS = (PayloadTooLarge, Unavailable)
+_WAIT = {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+_BEARER = {"description": "`Bearer`, the scheme expected", "schema": {"type": "string"}}
+_HEADERS: dict[type[AppError], dict[str, Any]] = {
+    Unauthorized: {"WWW-Authenticate": _BEARER},
+    RateLimited: {"Retry-After": _WAIT},
+    Unavailable: {"Retry-After": _WAIT},
+}
+
+
+@runtime_checkable
+class DescribedRoute(Protocol):
+    """A route served outside FastAPI's routing that describes itself."""
+
+    def openapi_operation(self, components: dict[str, Any]) -> tuple[str, str, dict[str, Any]]: ...
+
+
+def described(error: type[AppError], description: str | None = None) -> dict[str, Any]:
+    """A `responses` entry of a self-described route: the document renders the envelope."""
+    return {str(error.status_code): {"description": description or error.description}}
+
+
+_JOB_REQUEST_EXAMPLES = {
+    "image-to-video": {
+        "summary": "Animate an image",
+        "value": {key: JOB_EXAMPLE[key] for key in ("model", "input", "metadata")},
+    },
+    "text-to-video": {
+        "summary": "A video from a prompt",
+        "value": {
+            "model": "wan2.5-text-to-video",
+            "input": {"prompt": "a lighthouse at dusk", "aspect_ratio": "1280*720"},
+        },
+    },
+}
+
+
+def _job_request_schemas(job_create: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One request variant per model, sharing the envelope's metadata and webhook_url."""
+    components: dict[str, Any] = {}
+    mapping: dict[str, str] = {}
+    shared = job_create["properties"]
+    for entry in CATALOG:
+        input_name = entry.input_schema.__name__
+        components[input_name] = entry.json_schema()
+        variant_name = f"JobCreate_{input_name}"
+        components[variant_name] = {
+            "title": f"Create a {entry.name} job",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["model", "input"],
+            "properties": {
+                "model": {"type": "string", "const": entry.name, "enum": [entry.name]},
+                "input": {"$ref": f"#/components/schemas/{input_name}"},
+                "metadata": shared["metadata"],
+                "webhook_url": shared["webhook_url"],
+            },
+        }
+        mapping[entry.name] = f"#/components/schemas/{variant_name}"
+    variants = [{"$ref": ref} for ref in mapping.values()]
+    schema = {"oneOf": variants, "discriminator": {"propertyName": "model", "mapping": mapping}}
+    return schema, components
+
+
+def _error_response(error: type[AppError], description: str | None) -> dict[str, Any]:
+    example: dict[str, Any] = {"type": error.type, "message": error.example}
+    if error is InvalidRequest:
+        detail = {"loc": ["body", "input", "duration"], "msg": "Input should be 5 or 10"}
+        example["details"] = [detail | {"type": "literal_error"}]
+    response: dict[str, Any] = {
+        "description": description or error.description,
+        "content": {
+            "application/json": {"schema": {"$ref": ENVELOPE_REF}, "example": {"error": example}}
+        },
+    }
+    if error in _HEADERS:
+        response["headers"] = copy.deepcopy(_HEADERS[error])
+    return response
+
+
+def _own_description(response: dict[str, Any] | None) -> str | None:
+    """The description an operation gave an error (FastAPI's default 422 is not one)."""
+    if response is None or response.get("description") == "Validation Error":
+        return None
+    description = response.get("description")
+    return description if isinstance(description, str) else None
+
+
+def _finish_operation(operation: dict[str, Any]) -> None:
+    """Every error in the envelope, with an example; the errors every request can meet."""
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    codes = {int(code) for code in responses if int(code) >= 400}
+    codes |= {error.status_code for error in _ALWAYS}
+    if operation.get("security"):
+        codes.add(Unauthorized.status_code)
+    for status in sorted(codes):
+        existing = responses.get(str(status))
+        responses[str(status)] = _error_response(for_status(status), _own_description(existing))
+
+
+def _finish_jobs(paths: dict[str, Any]) -> None:
+    create = paths["/v1/jobs"]["post"]
+    media = create["requestBody"]["content"]["application/json"]
+    media["examples"] = _JOB_REQUEST_EXAMPLES
+    links = {
+        "GetJob": {
+            "operationId": paths["/v1/jobs/{job_id}"]["get"]["operationId"],
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "The job just created",
+        },
+        "ListJobEvents": {
+            "operationId": paths["/v1/jobs/{job_id}/events"]["get"]["operationId"],
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "Its audit trail",
+        },
+    }
+    for code in ("200", "201"):
+        create["responses"][code]["links"] = copy.deepcopy(links)
+    get_job = paths["/v1/jobs/{job_id}"]["get"]
+    get_job["responses"]["200"]["links"] = {"ListJobEvents": copy.deepcopy(links["ListJobEvents"])}
+
+
+def build_document(app: FastAPI) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    schemas = document["components"]["schemas"]
+    schemas.update(_envelope_schemas())
+    request, components = _job_request_schemas(schemas.pop("JobCreate"))
+    schemas.update(components)
+    paths: dict[str, Any] = document["paths"]
+    for route in app.routes:
+        if isinstance(route, DescribedRoute):
+            path, method, operation = route.openapi_operation(schemas)
+            paths.setdefault(path, {})[method] = operation
+    body = paths["/v1/jobs"]["post"]["requestBody"]
+    body["content"]["application/json"]["schema"] = request
+    for item in paths.values():
+        for operation in item.values():
+            _finish_operation(operation)
+    _finish_jobs(paths)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document
+
+
+def _envelope_schemas() -> dict[str, Any]:
+    schema = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    return {**definitions, "ErrorEnvelope": schema}
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        app.openapi_schema = build_document(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
