@@ -535,7 +535,7 @@ class Chaos:
         wrong = []
         for job_id, status, error, prompt in rows:
             code = (error or {}).get("code") if status == "failed" else None
-            outcomes[f"{status}:{code}" if code else status] += 1
+            outcomes[f"{status}:{code}" if code else str(status)] += 1
             expected_fail = bool(prompt and "[fail]" in prompt)
             if status in TERMINAL and (status == "failed") != expected_fail:
                 wrong.append(job_id)
