@@ -58,13 +58,19 @@ class Settings(BaseSettings):
     # Off: webhooks to loopback, private or link-local addresses are refused (SSRF).
     webhook_allow_private: bool = False
 
+    # --- the catalog (PoYo's models) ---------------------------------------------------------
+    # How often a process looks for a newer catalog in the database (`poyo-relay catalog
+    # sync` or `import` installs one; every replica follows within this time).
+    catalog_refresh_seconds: float = Field(default=10, gt=0, le=3600)
+
     # --- provider HTTP -----------------------------------------------------------------
     provider_connect_timeout_seconds: float = Field(default=5, gt=0, le=120)
     provider_timeout_seconds: float = Field(default=30, gt=0, le=600)
     provider_max_connections: int = Field(default=100, ge=1, le=10_000)
 
     # --- client API --------------------------------------------------------------------
-    api_max_body_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
+    # Room for the longest text a model takes (50,000 characters) in any script.
+    api_max_body_bytes: int = Field(default=262_144, ge=1024, le=4_194_304)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
     rate_limit_jobs_per_minute: int = Field(default=120, ge=0)
 

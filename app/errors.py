@@ -100,8 +100,8 @@ class Conflict(AppError):
 class PayloadTooLarge(AppError):
     status_code = 413
     type = "payload_too_large"
-    description = "Body too large: 64 KiB for the client API, 1 MiB for provider callbacks"
-    example = "request body exceeds 65536 bytes"
+    description = "Body too large: 256 KiB for the client API, 1 MiB for provider callbacks"
+    example = "request body exceeds 262144 bytes"
 
 
 class UnsupportedMediaType(AppError):

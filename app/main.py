@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if simulator is not None:
                 await simulator.state.simulator.aclose()
             await runtime.close()
+            # Let this app's objects be collected again (tests start many apps per process).
+            gc.unfreeze()
             log.info("service_stopped")
 
     app = FastAPI(

@@ -12,10 +12,13 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
+
 from app.callbacks.credentials import CallbackCredentials
 from app.callbacks.service import CallbackService
+from app.catalog.service import CatalogService
 from app.config import Settings
-from app.db import Database
+from app.db import Database, is_unavailable
 from app.jobs.confirmation import Confirmation
 from app.jobs.leases import Queue
 from app.jobs.service import JobService
@@ -26,6 +29,8 @@ from app.provider.client import PoyoClient
 from app.webhooks.service import WebhookSender
 from app.worker.loops import ClaimLoop, Handler
 from app.worker.runner import Worker
+
+log = structlog.get_logger(__name__)
 
 
 class Wakeup:
@@ -52,6 +57,7 @@ class Runtime:
     provider: PoyoClient
     server_key: ServerKey
     credentials: CallbackCredentials
+    catalogs: CatalogService
     jobs: JobService
     confirmation: Confirmation
     callbacks: CallbackService
@@ -73,6 +79,13 @@ class Runtime:
         )
         wakeup = Wakeup()
         instance = f"{socket.gethostname()[:40]}:{os.getpid()}"
+        catalogs = CatalogService(db=db, refresh_seconds=settings.catalog_refresh_seconds)
+        try:
+            await catalogs.current()  # compiled once at start; an empty database gets the snapshot
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("catalog_not_loaded", error_type=type(exc).__name__)  # loaded on first use
         confirmation = Confirmation(
             settings=settings, db=db, provider=provider, on_check_requested=wakeup.notify
         )
@@ -81,6 +94,7 @@ class Runtime:
             db=db,
             provider=provider,
             callback_url_for=credentials.url,
+            catalogs=catalogs,
             confirmation=confirmation,
             instance_id=instance,
         )
@@ -90,6 +104,7 @@ class Runtime:
             provider=provider,
             server_key=server_key,
             credentials=credentials,
+            catalogs=catalogs,
             jobs=jobs,
             confirmation=confirmation,
             callbacks=CallbackService(

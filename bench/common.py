@@ -62,6 +62,9 @@ class Size:
     # end to end
     e2e_jobs: int
     e2e_timeout: float
+    # catalog
+    catalog_jobs: int
+    catalog_startups: int
 
 
 SIZES = {
@@ -78,6 +81,8 @@ SIZES = {
         reads_warmup=20,
         e2e_jobs=100,
         e2e_timeout=90.0,
+        catalog_jobs=300,
+        catalog_startups=1,
     ),
     "full": Size(
         name="full",
@@ -92,6 +97,8 @@ SIZES = {
         reads_warmup=50,
         e2e_jobs=2_000,
         e2e_timeout=300.0,
+        catalog_jobs=3_000,
+        catalog_startups=5,
     ),
 }
 

@@ -1,6 +1,7 @@
-"""Run the benchmarks of issue 6 and print the machine and a table per benchmark.
+"""Run the benchmarks of issues 6 and 12 and print the machine and a table per benchmark.
 
-    python -m bench.run --size smoke|full [--db postgresql|sqlite|both] [--only ingest,reads,e2e]
+    python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
+                        [--only ingest,reads,e2e,catalog]
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
 in a list query's plan). Missed performance goals are printed, never fatal: the figures are
@@ -17,7 +18,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import e2e, ingest, profile, reads
+from bench import catalog, e2e, ingest, profile, reads
 from bench.common import (
     BACKENDS,
     BENCH_DIR,
@@ -34,7 +35,7 @@ from bench.common import (
 from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
-BENCHMARKS = ("ingest", "reads", "e2e")
+BENCHMARKS = ("ingest", "reads", "e2e", "catalog")
 RSS_GOAL_MB = 150.0
 
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke")
     parser.add_argument("--db", choices=[*BACKENDS, "both"], default="both")
     parser.add_argument(
-        "--only", default=",".join(BENCHMARKS), help="comma-separated: ingest,reads,e2e"
+        "--only", default=",".join(BENCHMARKS), help="comma-separated: " + ",".join(BENCHMARKS)
     )
     parser.add_argument(
         "--workers",
@@ -112,6 +113,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         outcome = await ingest.run_backend(backend, size, options, sampler)
                     elif name == "reads":
                         outcome = await reads.run_backend(backend, size, sampler)
+                    elif name == "catalog":
+                        outcome = await catalog.run_backend(backend, size, sampler)
                     else:
                         outcome = await e2e.run_backend(
                             backend,

@@ -36,6 +36,7 @@ TABLES = (
     "api_keys",
     "rate_limit_windows",
     "service_secrets",
+    "catalog_versions",
 )
 
 
@@ -113,8 +114,15 @@ class LiveServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, app: Any) -> LiveServer:
+        # Keep-alive well past httpx's 5 s pool expiry: with both at 5 s, a loaded machine
+        # lets the server close a connection just as the client reuses it (ReadError).
         config = uvicorn.Config(
-            app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
+            app,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]))

@@ -50,7 +50,7 @@ async def _call(
     headers: dict[str, str],
     body: Any = TEXT_JOB,
 ) -> httpx.Response:
-    url = path.replace("{job_id}", job_id)
+    url = path.replace("{job_id}", job_id).replace("{model_id}", "kling-3.0/pro")
     if method == "POST":
         return await http.post(url, json=body, headers=headers)
     return await http.request(method, url, headers=headers)

@@ -22,6 +22,7 @@ from tests.support import IMAGE_JOB, free_socket, make_settings
 from tests.test_prune import seed
 
 IMAGE = "https://example.com/fox.jpg"
+I2V = "wan2.5-image-to-video"
 
 
 def client_env(service: Service, key: str | None = None) -> dict[str, str]:
@@ -70,13 +71,13 @@ async def test_submit_wait_follows_the_job_and_prints_the_output_url(
 ) -> None:
     result = await run_cli(
         "submit",
-        IMAGE,
+        "--model",
+        I2V,
+        f"image_urls={IMAGE}",
         "--prompt",
         "a red fox running through snow",
-        "--resolution",
-        "480p",
-        "--duration",
-        "5",
+        "resolution=480p",
+        "duration=5",
         "--wait",
         "--poll-interval",
         "0.1",
@@ -96,14 +97,21 @@ async def test_submit_wait_follows_the_job_and_prints_the_output_url(
     [job] = (await service.client.get("/v1/jobs")).json()["data"]
     assert job["status"] == "succeeded"
     assert job["outputs"][0]["url"] == url
-    assert job["input"]["resolution"] == "480p"
-    assert job["input"]["image_urls"] == [IMAGE]
+    # typed by the model's schema: duration the integer 5, image_urls a list
+    assert job["input"] == {
+        "image_urls": [IMAGE],
+        "prompt": "a red fox running through snow",
+        "resolution": "480p",
+        "duration": 5,
+    }
 
 
 async def test_submit_wait_exits_1_when_the_job_fails(service: Service, tmp_path: Path) -> None:
     result = await run_cli(
         "submit",
-        IMAGE,
+        "-m",
+        I2V,
+        f"image_urls={IMAGE}",
         "--prompt",
         "a fox [fail]",
         "--wait",
@@ -120,7 +128,14 @@ async def test_submit_wait_exits_1_when_the_job_fails(service: Service, tmp_path
 
 async def test_submit_without_wait_prints_the_job_id(service: Service, tmp_path: Path) -> None:
     result = await run_cli(
-        "submit", IMAGE, "-p", "a quiet lake", env=client_env(service), cwd=tmp_path
+        "submit",
+        "-m",
+        I2V,
+        f"image_urls={IMAGE}",
+        "-p",
+        "a quiet lake",
+        env=client_env(service),
+        cwd=tmp_path,
     )
     assert result.code == 0, result
     job = await service.client.job(result.last_word)
@@ -128,14 +143,31 @@ async def test_submit_without_wait_prints_the_job_id(service: Service, tmp_path:
 
     # a provider rejection is a failed job at once: exit 1 without --wait
     rejected = await run_cli(
-        "submit", IMAGE, "-p", "[reject] this", env=client_env(service), cwd=tmp_path
+        "submit",
+        "-m",
+        I2V,
+        f"image_urls={IMAGE}",
+        "-p",
+        "[reject] this",
+        env=client_env(service),
+        cwd=tmp_path,
     )
     assert rejected.code == 1, rejected
     assert "provider_rejected" in rejected.stderr
 
 
 async def test_submit_is_idempotent_with_a_key(service: Service, tmp_path: Path) -> None:
-    args = ("submit", IMAGE, "-p", "once", "--idempotency-key", "order-42", "--json")
+    args = (
+        "submit",
+        "-m",
+        I2V,
+        f"image_urls={IMAGE}",
+        "-p",
+        "once",
+        "--idempotency-key",
+        "order-42",
+        "--json",
+    )
     first = await run_cli(*args, env=client_env(service), cwd=tmp_path)
     second = await run_cli(*args, env=client_env(service), cwd=tmp_path)
     assert first.code == second.code == 0, (first, second)
@@ -145,22 +177,53 @@ async def test_submit_is_idempotent_with_a_key(service: Service, tmp_path: Path)
 
 async def test_usage_and_configuration_errors_exit_2(service: Service, tmp_path: Path) -> None:
     env = client_env(service)
-    missing_prompt = await run_cli("submit", IMAGE, env=env, cwd=tmp_path)
-    assert missing_prompt.code == 2, missing_prompt
-
-    # the service refuses the input (422): the message and the field are shown
-    bad_url = await run_cli("submit", "ftp://example.com/a.jpg", "-p", "x", env=env, cwd=tmp_path)
-    assert bad_url.code == 2, bad_url
-    assert "image_urls" in bad_url.stderr
-    assert "HTTP 422" in bad_url.stderr
-    bad_duration = await run_cli(
-        "submit", IMAGE, "-p", "x", "--duration", "7", env=env, cwd=tmp_path
+    missing_prompt = await run_cli(
+        "submit", "-m", I2V, f"image_urls={IMAGE}", env=env, cwd=tmp_path
     )
-    assert bad_duration.code == 2, bad_duration
-    assert "duration" in bad_duration.stderr
+    assert missing_prompt.code == 2, missing_prompt
+    assert "input.prompt: field required" in missing_prompt.stderr
+    assert "nothing was sent" in missing_prompt.stderr
+
+    # checked against the model's schema before anything is sent: each field is named
+    bad = await run_cli(
+        "submit",
+        "-m",
+        I2V,
+        "image_urls=ftp://example.com/a.jpg",
+        "-p",
+        "x",
+        "duration=7",
+        "colour=red",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert bad.code == 2, bad
+    for field in ("input.image_urls.0", "input.duration", "input.colour: unknown field"):
+        assert field in bad.stderr, bad
+    not_a_number = await run_cli(
+        "submit",
+        "-m",
+        I2V,
+        f"image_urls={IMAGE}",
+        "-p",
+        "x",
+        "duration=five",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert not_a_number.code == 2, not_a_number
+    assert 'input.duration: is not of type "integer"' in not_a_number.stderr
+    no_model = await run_cli("submit", "-p", "x", env=env, cwd=tmp_path)
+    assert no_model.code == 2, no_model
+    unknown_model = await run_cli("submit", "-m", "wan9-nothing", "-p", "x", env=env, cwd=tmp_path)
+    assert unknown_model.code == 2, unknown_model
+    assert "unknown model" in unknown_model.stderr
+    not_a_pair = await run_cli("submit", "-m", I2V, "prompt", env=env, cwd=tmp_path)
+    assert not_a_pair.code == 2, not_a_pair
+    assert "field=value" in not_a_pair.stderr
 
     no_key = await run_cli(
-        "submit", IMAGE, "-p", "x", env=client_env(service, key=""), cwd=tmp_path
+        "submit", "-m", I2V, "-p", "x", env=client_env(service, key=""), cwd=tmp_path
     )
     assert no_key.code == 2, no_key
     assert "POYO_RELAY_API_KEY" in no_key.stderr

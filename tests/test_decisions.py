@@ -87,10 +87,15 @@ def test_finished_without_files_is_only_running() -> None:
     assert "outputs" not in confirmed.patch
 
 
-def test_a_file_without_a_type_is_a_video() -> None:
-    file = {"file_url": FILE["file_url"], "file_type": ""}
-    confirmed = confirm(POLICY, job(), answer(ProviderStatus.FINISHED, files=[file]), NOW)
-    assert confirmed.patch["outputs"] == [JobOutput(url=FILE["file_url"], type="video")]
+def test_file_types_are_kept_as_given() -> None:
+    files = [
+        {"file_url": FILE["file_url"], "file_type": "3d"},
+        {"file_url": FILE["file_url"], "file_type": "hologram"},
+        {"file_url": FILE["file_url"]},
+    ]
+    confirmed = confirm(POLICY, job(), answer(ProviderStatus.FINISHED, files=files), NOW)
+    types = [output["type"] for output in confirmed.patch["outputs"]]
+    assert types == ["3d", "hologram", None]
 
 
 def test_failed_carries_the_providers_message_cut_to_500_characters() -> None:

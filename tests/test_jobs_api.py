@@ -29,6 +29,7 @@ JOB_KEYS = {
     "id",
     "object",
     "model",
+    "catalog_version",
     "status",
     "input",
     "metadata",
@@ -71,7 +72,10 @@ async def test_created_job_has_the_contract_shape(
     assert job["object"] == "job"
     assert job["model"] == "wan2.5-image-to-video"
     assert job["status"] == "queued"
-    assert job["input"] == {**IMAGE_JOB["input"], "resolution": "720p", "duration": 5}
+    assert job["input"] == IMAGE_JOB["input"]  # as given: PoYo applies its defaults
+    assert (
+        job["catalog_version"] == (await relay.client.get("/v1/models")).json()["catalog_version"]
+    )
     assert job["metadata"] == {"order": "42", "customer": "acme", "empty": ""}
     [submit] = provider.submits()
     task_id = next(iter(provider.tasks))
@@ -84,7 +88,8 @@ async def test_created_job_has_the_contract_shape(
     assert parse_z(job["updated_at"]) >= created
     assert parse_z(job["submitted_at"]) >= created
 
-    # What was sent is the normalised input, for the job's model.
+    # What was sent is that input, for the job's model, under the job's idempotency key.
+    assert submit.headers["idempotency-key"] == job["id"]
     assert submit.json()["model"] == "wan2.5-image-to-video"
     assert submit.json()["input"] == job["input"]
 

@@ -13,7 +13,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from app.catalog.models import CATALOG
+from app.catalog.compiled import Catalog
+from app.catalog.document import load_snapshot
 from app.jobs.states import JobStatus
 from app.main import create_app
 from tests.clirun import POYO_RELAY, clean_env
@@ -142,7 +143,7 @@ async def test_metric_names_and_labels_are_bounded(service: Service) -> None:
     app = create_app(service.settings)
     routes = set(app.openapi()["paths"]) | {getattr(r, "path", None) or "" for r in app.routes}
     closed = {
-        "model": set(CATALOG.names),
+        "model": set(Catalog(load_snapshot()).models),
         "endpoint": {"submit", "status"},
         "kind": {"rejected", "unavailable", "error"},
         "queue": {"pending", "awaiting_reconcile"},

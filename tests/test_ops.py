@@ -9,6 +9,7 @@ configured so that start-up itself needs no database.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.support import (
     create_postgres_database,
     drop_postgres_database,
     make_settings,
+    migrate,
 )
 
 
@@ -100,6 +102,7 @@ async def test_readyz_503_when_sqlite_cannot_be_opened(
 async def test_readyz_follows_the_database_going_away(start_without_db: object) -> None:
     url = await create_postgres_database()
     try:
+        await asyncio.to_thread(migrate, url)
         server = await start_without_db(url)  # type: ignore[operator]
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             assert (await http.get("/readyz")).status_code == 200

@@ -76,7 +76,12 @@ def status_of(**changes: object) -> JSONResponse:
 
 
 async def submit(client: PoyoClient) -> object:
-    return await client.submit(model="wan2.5-image-to-video", input=INPUT, callback_url=CALLBACK)
+    return await client.submit(
+        model="wan2.5-image-to-video",
+        input=INPUT,
+        callback_url=CALLBACK,
+        idempotency_key="job_01jcz3q9m4b8x2v7k5n0r6t1yw",
+    )
 
 
 # ---- what is sent ----------------------------------------------------------------------
@@ -91,6 +96,7 @@ async def test_submit_sends_bearer_key_and_the_documented_body(
     assert call.path == SUBMIT_PATH
     assert call.headers["authorization"] == f"Bearer {KEY}"
     assert call.headers["content-type"].startswith("application/json")
+    assert call.headers["idempotency-key"] == "job_01jcz3q9m4b8x2v7k5n0r6t1yw"
     assert call.json() == {
         "model": "wan2.5-image-to-video",
         "callback_url": CALLBACK,

@@ -177,7 +177,7 @@ async def _lifecycle(
         "/v1/jobs", params={"limit": 0, "cursor": key_a}, headers=a.headers()
     )
     assert bad_query.status_code == 422
-    big = await http.post("/v1/jobs", content=b"x" * 70_000, headers=a.headers())
+    big = await http.post("/v1/jobs", content=b"x" * 300_000, headers=a.headers())
     assert big.status_code == 413
 
     # Forged and misdirected callbacks.

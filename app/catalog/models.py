@@ -1,47 +1,30 @@
-"""Input schemas of the supported models (docs/API.md). Adding a model is one entry below."""
+"""Catalog versions as the database keeps them: every replica uses the active one."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Any
 
-from pydantic import Field
+from sqlalchemy import Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
 
-from app.catalog.fields import HttpUrl, ModelInput, NegativePrompt, Prompt, Seed
-from app.catalog.registry import Catalog, ModelEntry
-
-
-class Wan25ImageToVideoInput(ModelInput):
-    prompt: Prompt
-    image_urls: Annotated[list[HttpUrl], Field(min_length=1, max_length=1)]
-    resolution: Literal["480p", "720p", "1080p"] = "720p"
-    duration: Literal[5, 10] = 5
-    seed: Seed | None = None
-    negative_prompt: NegativePrompt | None = None
-    audio: HttpUrl | None = Field(default=None, description="URL of a wav or mp3 file")
+from app.db import Base
+from app.db_types import JSONType, UTCDateTime
 
 
-class Wan25TextToVideoInput(ModelInput):
-    prompt: Prompt
-    aspect_ratio: (
-        Literal["832*480", "480*832", "1280*720", "720*1280", "1920*1080", "1080*1920"] | None
-    ) = None
-    duration: Literal[5, 10] = 5
-    seed: Seed | None = None
-    negative_prompt: NegativePrompt | None = None
-    audio: HttpUrl | None = Field(default=None, description="URL of a wav or mp3 file")
+class CatalogVersion(Base):
+    __tablename__ = "catalog_versions"
 
+    # `<schema_version>-<hash of the content>` (app/catalog/document.py)
+    version: Mapped[str] = mapped_column(String(96), primary_key=True)
+    schema_version: Mapped[str] = mapped_column(String(64))
+    # Where it came from: "snapshot", "sync <url>", "import <file name>".
+    source: Mapped[str] = mapped_column(String(255))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # PoYo's ETag of the first page, for the next sync's If-None-Match.
+    etag: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The active version is the one activated last.
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-CATALOG = Catalog(
-    [
-        ModelEntry(
-            name="wan2.5-image-to-video",
-            description="Wan 2.5: animate one image into a 5 or 10 second video.",
-            input_schema=Wan25ImageToVideoInput,
-        ),
-        ModelEntry(
-            name="wan2.5-text-to-video",
-            description="Wan 2.5: a 5 or 10 second video from a text prompt.",
-            input_schema=Wan25TextToVideoInput,
-        ),
-    ]
-)
+    __table_args__ = (Index("ix_catalog_versions_activated_at", "activated_at"),)

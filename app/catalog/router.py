@@ -1,38 +1,92 @@
-"""`GET /v1/models`: the supported models and their input JSON Schemas."""
+"""`GET /v1/models` and `GET /v1/models/{model_id}`: the generate models of the catalog in
+use, each with the JSON Schema its input is validated against, an example, and PoYo's
+billing rule."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+import orjson
+from fastapi import APIRouter, Query, Response
+from typing_extensions import TypedDict
 
-from app.catalog.models import CATALOG
-from app.web.deps import CallerDep
+from app.catalog.compiled import Catalog, ModelSpec
+from app.errors import InvalidRequest, NotFound
+from app.web.deps import CallerDep, RuntimeDep
+from app.web.errors import error_responses
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+MAX_MODEL_ID_CHARS = 64
 
 
-class ModelOut(BaseModel):
+class ModelOut(TypedDict):
     id: str
-    object: Literal["model"] = "model"
+    object: Literal["model"]
+    category: str
+    title: str
     description: str
+    tags: list[str]
     input_schema: dict[str, Any]
+    example: dict[str, Any] | None
+    billing: dict[str, Any] | None
+    catalog_version: str
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
+class ModelList(TypedDict):
+    object: Literal["list"]
+    catalog_version: str
     data: list[ModelOut]
 
 
-_MODELS = ModelList(
-    data=[
-        ModelOut(id=entry.name, description=entry.description, input_schema=entry.json_schema())
-        for entry in CATALOG
-    ]
+def model_out(catalog: Catalog, spec: ModelSpec) -> ModelOut:
+    entry = spec.entry
+    return {
+        "id": entry.model_id,
+        "object": "model",
+        "category": entry.category,
+        "title": entry.title,
+        "description": entry.description,
+        "tags": entry.tags,
+        "input_schema": spec.schema,
+        "example": spec.example,
+        "billing": entry.billing,
+        "catalog_version": catalog.version,
+    }
+
+
+def _json(content: object) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+@router.get("", response_model=ModelList, summary="List the models", responses=error_responses())
+async def list_models(
+    runtime: RuntimeDep,
+    _caller: CallerDep,
+    category: Annotated[str | None, Query(max_length=32, description="e.g. video, image")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="words in id or text")] = None,
+) -> Response:
+    catalog = await runtime.catalogs.current()
+    found = catalog.search(category=category, text=q)
+    listed: ModelList = {
+        "object": "list",
+        "catalog_version": catalog.version,
+        "data": [model_out(catalog, spec) for spec in found],
+    }
+    return _json(listed)
+
+
+@router.get(
+    "/{model_id:path}",
+    response_model=ModelOut,
+    summary="Get a model (ids may contain /)",
+    responses=error_responses(NotFound),
 )
-
-
-@router.get("", response_model=ModelList, summary="List models")
-async def list_models(_caller: CallerDep) -> ModelList:
-    return _MODELS
+async def get_model(model_id: str, runtime: RuntimeDep, _caller: CallerDep) -> Response:
+    if len(model_id) > MAX_MODEL_ID_CHARS:
+        raise NotFound("no such model")
+    catalog = await runtime.catalogs.current()
+    try:
+        spec = catalog.spec(model_id)
+    except InvalidRequest as refused:
+        raise NotFound(refused.message) from None
+    return _json(model_out(catalog, spec))

@@ -95,9 +95,7 @@ def confirm(policy: Policy, job: Job, status: TaskStatus, now: datetime) -> Stat
     loaded: the status to move to (the current one, or an earlier one: then nothing
     moves), the columns to set, and when the job is next looked at if it does not end."""
     target = from_provider(status.status)
-    outputs = [
-        JobOutput(url=file.file_url, type=file.file_type or "video") for file in status.files or []
-    ]
+    outputs = [JobOutput(url=file.file_url, type=file.file_type) for file in status.files or []]
     if target is JobStatus.SUCCEEDED and not outputs:
         target = JobStatus.RUNNING  # finished without files yet: look again later
     patch = JobPatch(poll_attempts=0, checked_at=now)

@@ -24,10 +24,11 @@ from app.provider.schemas import ProviderStatus
 
 
 class JobOutput(TypedDict):
-    """One file the job produced: where to fetch it, and PoYo's `file_type`."""
+    """One file the job produced: where to fetch it, and PoYo's `file_type` as given
+    (video, image, audio, media, 3d, … an open set; null when PoYo gave none)."""
 
     url: str
-    type: str
+    type: str | None
 
 
 class JobError(TypedDict):
@@ -47,6 +48,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
+    # The catalog version the input was validated against (null: before catalogs existed).
+    catalog_version: Mapped[str | None] = mapped_column(String(96))
     status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus, 16))
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONType)

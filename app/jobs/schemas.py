@@ -16,10 +16,10 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from app.catalog.fields import MAX_URL_CHARS, HttpUrl
 from app.jobs.models import EventRecord, JobError, JobOutput, JobRecord
 from app.jobs.states import JobStatus
 from app.timeutil import isoformat_z
+from app.urls import MAX_URL_CHARS, HttpUrl
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -94,6 +94,7 @@ JOB_EXAMPLE: dict[str, JsonValue] = {
     "id": "job_01jcz3q9m4b8x2v7k5n0r6t1yw",
     "object": "job",
     "model": "wan2.5-image-to-video",
+    "catalog_version": "v1-a437888866ef-9d2128c0a46c",
     "status": "succeeded",
     "input": {
         "prompt": "a red fox running through snow",
@@ -129,6 +130,7 @@ class JobOut(TypedDict):
     id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
     object: Literal["job"]
     model: str
+    catalog_version: str | None
     status: JobStatus
     input: dict[str, Any]
     metadata: dict[str, str]
@@ -168,6 +170,7 @@ def job_to_dict(job: JobRecord) -> JobOut:
         "id": job.id,
         "object": "job",
         "model": job.model,
+        "catalog_version": job.catalog_version,
         "status": job.status,
         "input": job.input,
         "metadata": job.metadata_ or {},

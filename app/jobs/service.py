@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import orjson
 import structlog
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth.models import Caller
 from app.auth.ratelimit import charge
-from app.catalog.models import CATALOG
+from app.catalog.service import CatalogService
 from app.config import Settings
 from app.db import Database, is_unavailable
 from app.errors import Conflict
@@ -54,6 +53,7 @@ class JobService:
         db: Database,
         provider: PoyoClient,
         callback_url_for: Callable[[str], str],
+        catalogs: CatalogService,
         confirmation: Confirmation,
         instance_id: str,
     ) -> None:
@@ -61,6 +61,7 @@ class JobService:
         self.db = db
         self.provider = provider
         self.callback_url_for = callback_url_for
+        self.catalogs = catalogs
         self.confirmation = confirmation
         self.policy = Policy.from_settings(settings)
         # The API holds a new job's first submission under this lease.
@@ -72,14 +73,15 @@ class JobService:
         self, *, caller: Caller, body: JobCreate, idempotency_key: str | None
     ) -> tuple[Job, bool]:
         """Store the job, then submit it. Returns the job and whether it was created now."""
-        normalized_input = CATALOG.get(body.model).validate_input(body.input)
+        catalog = await self.catalogs.current()
+        catalog.validate(body.model, body.input)
         fingerprint = request_fingerprint(body) if idempotency_key else None
         if idempotency_key:
             replay = await self._replay(caller, idempotency_key, fingerprint)
             if replay is not None:
                 return replay, False
         try:
-            job = await self._insert(caller, body, normalized_input, idempotency_key, fingerprint)
+            job = await self._insert(caller, body, catalog.version, idempotency_key, fingerprint)
         except IntegrityError:
             # Another request with the same key won the race; answer with its job.
             assert idempotency_key is not None
@@ -119,7 +121,7 @@ class JobService:
         self,
         caller: Caller,
         body: JobCreate,
-        normalized_input: dict[str, Any],
+        catalog_version: str,
         idempotency_key: str | None,
         fingerprint: str | None,
     ) -> Job:
@@ -127,7 +129,7 @@ class JobService:
         # starts once its turn has come.
         async with self.db.write(Priority.ADMISSION) as conn:
             now = utcnow()
-            job = self._new_job(caller, body, normalized_input, now)
+            job = self._new_job(caller, body, catalog_version, now)
             if caller.key_id is not None:
                 await charge(
                     conn, key_id=caller.key_id, limit=self.settings.rate_limit_jobs_per_minute
@@ -148,9 +150,7 @@ class JobService:
                 await repo.claim_idempotency_key(conn, key, expired_before=expired)
         return job
 
-    def _new_job(
-        self, caller: Caller, body: JobCreate, normalized_input: dict[str, Any], now: datetime
-    ) -> Job:
+    def _new_job(self, caller: Caller, body: JobCreate, catalog_version: str, now: datetime) -> Job:
         job_id = new_job_id(now)
         created_at = job_id_time(job_id)
         lease = timedelta(seconds=self.settings.worker_lease_seconds)
@@ -158,8 +158,9 @@ class JobService:
             id=job_id,
             owner=caller.owner,
             model=body.model,
+            catalog_version=catalog_version,
             status=JobStatus.PENDING,
-            input=normalized_input,
+            input=body.input,  # as given: PoYo receives exactly what the client sent
             metadata_=dict(body.metadata),
             webhook_url=body.webhook_url,
             created_at=created_at,
@@ -186,7 +187,10 @@ class JobService:
         job = lease.job
         try:
             task = await self.provider.submit(
-                model=job.model, input=job.input, callback_url=self.callback_url_for(job.id)
+                model=job.model,
+                input=job.input,
+                callback_url=self.callback_url_for(job.id),
+                idempotency_key=job.id,
             )
         except ProviderRejected as exc:
             await self._record_rejection(lease, exc)

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from app.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
-from app.provider.schemas import SubmittedTask, TaskStatus, unwrap
+from app.provider.schemas import CatalogPage, SubmittedTask, TaskStatus, unwrap
 
 T = TypeVar("T")
 
@@ -36,6 +36,9 @@ MAX_INLINE_RETRY_AFTER = 5.0
 MAX_RESPONSE_BYTES = 1_048_576
 # A provider's Retry-After beyond this is taken as this: time arithmetic must not overflow.
 MAX_RETRY_AFTER = 86_400.0
+CATALOG_PATH = "/v1/catalog/models"
+MAX_CATALOG_ITEMS = 10_000
+MAX_CATALOG_PAGE_BYTES = 16 * 1_048_576
 
 
 class ProviderError(Exception):
@@ -116,8 +119,8 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise ProviderRejected(message, http_status=status)
 
 
-def _parse(response: httpx.Response, schema: type[T]) -> T:
-    if len(response.content) > MAX_RESPONSE_BYTES:
+def _parse(response: httpx.Response, schema: type[T], max_bytes: int = MAX_RESPONSE_BYTES) -> T:
+    if len(response.content) > max_bytes:
         raise ProviderUnavailable(
             "provider answer too large", http_status=response.status_code, ambiguous=True
         )
@@ -202,16 +205,45 @@ class PoyoClient:
         await self._http.aclose()
 
     async def submit(
-        self, *, model: str, input: dict[str, Any], callback_url: str
+        self, *, model: str, input: dict[str, Any], callback_url: str, idempotency_key: str
     ) -> SubmittedTask:
-        """Start a task. Retried inline only when the provider did not act on it."""
+        """Start a task. Retried inline only when the provider did not act on it. The
+        Idempotency-Key (our job id) lets PoYo answer a repeated submission with its first
+        task rather than start a second one."""
         body = {"model": model, "callback_url": callback_url, "input": input}
+        headers = {"Idempotency-Key": idempotency_key}
 
         async def call() -> SubmittedTask:
-            response = await self._request("submit", "POST", "/api/generate/submit", body)
+            response = await self._request("submit", "POST", "/api/generate/submit", body, headers)
             return _parse(response, SubmittedTask)
 
         return await self._retrying(call, idempotent=False)
+
+    async def catalog(self, etag: str | None) -> tuple[dict[str, Any], str | None] | None:
+        """PoYo's capability catalog, every page (`{"schema_version", "items"}`) and the
+        first page's ETag; None when it has not changed since `etag`."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        first_etag: str | None = None
+        while True:
+            params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+            headers = {"If-None-Match": etag} if etag and cursor is None else {}
+            try:
+                response = await self._http.get(CATALOG_PATH, params=params, headers=headers)
+            except httpx.HTTPError as exc:
+                raise ProviderUnavailable(
+                    f"could not read the catalog from {self._http.base_url} ({type(exc).__name__})"
+                ) from None
+            if response.status_code == 304 and cursor is None:
+                return None
+            _raise_for_status(response)
+            page = _parse(response, CatalogPage, MAX_CATALOG_PAGE_BYTES)
+            if cursor is None:
+                first_etag, schema_version = response.headers.get("etag"), page.schema_version
+            items += page.items
+            if not page.has_more or not page.next_cursor or len(items) > MAX_CATALOG_ITEMS:
+                return {"schema_version": schema_version, "items": items}, first_etag
+            cursor = page.next_cursor
 
     async def status(self, task_id: str) -> TaskStatus:
         """The provider's view of a task: the truth a callback is checked against."""
@@ -240,11 +272,16 @@ class PoyoClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(
-        self, endpoint: str, method: str, path: str, body: dict[str, Any] | None
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         started = time.perf_counter()
         try:
-            response = await self._send(method, path, body)
+            response = await self._send(method, path, body, headers or {})
             _raise_for_status(response)
             return response
         except ProviderError as exc:
@@ -253,9 +290,12 @@ class PoyoClient:
         finally:
             PROVIDER_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+    ) -> httpx.Response:
         content = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
         try:
             return await self._http.request(method, path, content=content, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

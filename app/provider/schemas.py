@@ -43,7 +43,8 @@ class _Lenient(BaseModel):
 
 class ProviderFile(_Lenient):
     file_url: Annotated[str, AfterValidator(_output_url)] = Field(max_length=4096)
-    file_type: Text = Field(default="video", max_length=32)
+    # As PoYo gives it (video, image, audio, media, 3d, …): an open set.
+    file_type: Text | None = Field(default=None, max_length=32)
 
 
 class SubmittedTask(_Lenient):
@@ -61,6 +62,15 @@ class TaskStatus(_Lenient):
     files: list[ProviderFile] | None = Field(default=None, max_length=32)
     created_time: str | None = None
     error_message: Text | None = Field(default=None, max_length=4096)
+
+
+class CatalogPage(_Lenient):
+    """A page of `GET /v1/catalog/models`."""
+
+    schema_version: str
+    items: list[dict[str, Any]] = Field(max_length=1000)
+    next_cursor: str | None = None
+    has_more: bool = False
 
 
 def unwrap(body: Any) -> Any:

@@ -1,10 +1,17 @@
 """A PoYo simulator: the same endpoints and bodies as PoYo (docs/API.md), with fault knobs.
 
+It plays every generate model of the capability catalog: a submission is checked against
+the model's published input schema (as PoYo would), a repeated `Idempotency-Key` gets the
+first task back, and a finished task returns small real files of the model's kind (an
+image, a video, audio, a 3D model; `n` images when asked). It also serves the catalog
+itself (`/v1/catalog/models`, paged, with ETag), so `poyo-relay catalog sync` works offline.
+
 Tasks move not_started → running → finished (or failed) on a clock, and when they end
 the simulator really POSTs the callback to the task's callback URL. Faults (errors, 429,
 slow or reset connections, garbage bodies, answers delayed or lost after a task was
 accepted, dropped, duplicated, delayed or reordered callbacks) are drawn from a seeded
-random generator, so runs can be repeated.
+random generator, so runs can be repeated. In a prompt, `[fail]` makes the task fail and
+`[reject]` makes the submission refused.
 
 Operators drive it over HTTP: `PATCH /_sandbox/faults`, `GET /_sandbox/stats`,
 `GET /_sandbox/tasks`, `POST /_sandbox/reset`.
@@ -14,31 +21,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import re
 import secrets
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import orjson
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from app.catalog.document import Document, load_snapshot
 from app.provider import signature
+from app.sandbox import media
+from app.sandbox.catalog import PlayedCatalog
+from app.sandbox.media import KINDS, Kind
 
 log = structlog.get_logger("poyo_relay.sandbox")
 
-SAMPLE_VIDEO = Path(__file__).parent / "static" / "sample.mp4"
-KNOWN_MODELS = ("wan2.5-image-to-video", "wan2.5-text-to-video")
 _JOB_IN_URL = re.compile(r"/callbacks/poyo/(job_[0-9a-z]{26})/")
 
 
@@ -69,6 +79,8 @@ class Faults(BaseModel):
     callback_delay_seconds: float = Field(default=0, ge=0, le=3600)
     flat_callbacks: bool = False
     webhook_secret: str | None = Field(default=None, max_length=256)
+    # Off: a repeated Idempotency-Key starts a second task (a PoYo that does not dedupe).
+    honour_idempotency_keys: bool = True
     seed: int | None = None
 
 
@@ -78,7 +90,7 @@ class SimTask:
     model: str
     input: dict[str, Any]
     callback_url: str | None
-    file_url: str
+    files: list[dict[str, str]]  # file_url and file_type of each output
     created: float
     created_wall: datetime
     queue_seconds: float
@@ -105,8 +117,7 @@ class SimTask:
         elif self.fails:
             status, progress, error = "failed", 100, "simulated generation failure"
         else:
-            status, progress = "finished", 100
-            files = [{"file_url": self.file_url, "file_type": "video"}]
+            status, progress, files = "finished", 100, self.files
         return {
             "task_id": self.task_id,
             "status": status,
@@ -122,7 +133,10 @@ class SimulatorState:
     faults: Faults
     api_key: str | None
     rng: random.Random
+    catalog: PlayedCatalog
     tasks: dict[str, SimTask] = field(default_factory=dict)
+    # Idempotency-Key → the task it started, and that task's first answer.
+    by_key: dict[str, tuple[SimTask, dict[str, Any]]] = field(default_factory=dict)
     injected: Counter[str] = field(default_factory=Counter)
     deliveries: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -236,12 +250,37 @@ async def _post_callback(state: SimulatorState, task: SimTask, view: dict[str, A
         await asyncio.sleep(0.5 * 2**attempt)
 
 
+def _spoken(task_input: dict[str, Any]) -> str:
+    """The words a TTS model would say: its `text` (else any `prompt`)."""
+    for key in ("text", "prompt"):
+        if isinstance(task_input.get(key), str):
+            return str(task_input[key])
+    return ""
+
+
+@functools.cache
+def played_snapshot() -> PlayedCatalog:
+    """The snapshot's models, compiled once per process: simulators are made often (one
+    per test) and FastAPI keeps their endpoints in a module-level cache."""
+    return PlayedCatalog(load_snapshot())
+
+
 def create_simulator(
-    faults: Faults | None = None, *, api_key: str | None = None, public_url: str | None = None
+    faults: Faults | None = None,
+    *,
+    api_key: str | None = None,
+    public_url: str | None = None,
+    catalog: Document | None = None,
 ) -> FastAPI:
-    """The simulator as an ASGI app; mount it or serve it alone (`poyo-relay sandbox`)."""
+    """The simulator as an ASGI app; mount it or serve it alone (`poyo-relay sandbox`).
+    It plays the catalog given, else the snapshot poyo-relay ships."""
     initial = faults or Faults()
-    state = SimulatorState(faults=initial, api_key=api_key, rng=random.Random(initial.seed))  # noqa: S311
+    state = SimulatorState(
+        faults=initial,
+        api_key=api_key,
+        rng=random.Random(initial.seed),  # noqa: S311
+        catalog=PlayedCatalog(catalog) if catalog else played_snapshot(),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -257,11 +296,11 @@ def create_simulator(
     )
     app.state.simulator = state
 
-    def file_url(request: Request, task_id: str) -> str:
-        name = f"{task_id}.mp4"
+    def file_url(request: Request, task_id: str, index: int, kind: Kind) -> str:
+        name = f"{index}.{kind.extension}"
         if public_url:
-            return f"{public_url.rstrip('/')}/files/{name}"
-        return str(request.url_for("files", name=name))
+            return f"{public_url.rstrip('/')}/files/{task_id}/{name}"
+        return str(request.url_for("files", task_id=task_id, name=name))
 
     @app.post("/api/generate/submit")
     async def submit(request: Request) -> Response:
@@ -274,28 +313,38 @@ def create_simulator(
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return _poyo_error(400, "body is not JSON")
-        if not isinstance(body, dict) or body.get("model") not in KNOWN_MODELS:
-            return _poyo_error(400, "unknown or missing model")
+        if not isinstance(body, dict):
+            return _poyo_error(400, "body is not a JSON object")
         task_input = body.get("input")
-        if not isinstance(task_input, dict) or not isinstance(task_input.get("prompt"), str):
-            return _poyo_error(400, "input.prompt is required")
-        if "[reject]" in task_input["prompt"]:
-            return _poyo_error(400, "prompt rejected by content policy (simulated)")
+        refusal = state.catalog.refusal(body.get("model"), task_input)
+        if refusal is not None:
+            return _poyo_error(400, refusal)
+        assert isinstance(task_input, dict)
+        text = orjson.dumps(task_input).decode()
+        if "[reject]" in text:
+            return _poyo_error(400, "input rejected by content policy (simulated)")
+        key = request.headers.get("idempotency-key")
+        if key and state.faults.honour_idempotency_keys and key in state.by_key:
+            state.injected["submit.idempotent_replay"] += 1
+            return JSONResponse(state.by_key[key][1])
         callback_url = body.get("callback_url")
         loop = asyncio.get_running_loop()
         task_id = f"task-unified-{int(time.time())}-{secrets.token_hex(6)}"
+        kinds = state.catalog.outputs(body["model"], task_input)
         task = SimTask(
             task_id=task_id,
             model=body["model"],
             input=task_input,
             callback_url=callback_url if isinstance(callback_url, str) else None,
-            file_url=file_url(request, task_id),
+            files=[
+                {"file_url": file_url(request, task_id, i, kind), "file_type": kind.file_type}
+                for i, kind in enumerate(kinds)
+            ],
             created=loop.time(),
             created_wall=datetime.now(UTC),
             queue_seconds=state.faults.queue_seconds,
             run_seconds=state.faults.run_seconds,
-            fails="[fail]" in task_input["prompt"]
-            or state.roll(state.faults.fail_rate, "task.failed"),
+            fails="[fail]" in text or state.roll(state.faults.fail_rate, "task.failed"),
         )
         state.tasks[task.task_id] = task
         if task.callback_url:
@@ -307,9 +356,10 @@ def create_simulator(
         if state.roll(state.faults.reset_after_accept_rate, "submit.reset_after_accept"):
             return _Reset()
         view = task.view(loop.time())
-        return JSONResponse(
-            {"code": 200, "data": {k: view[k] for k in ("task_id", "status", "created_time")}}
-        )
+        answer = {"code": 200, "data": {k: view[k] for k in ("task_id", "status", "created_time")}}
+        if key:
+            state.by_key.setdefault(key, (task, answer))
+        return JSONResponse(answer)
 
     @app.get("/api/generate/status/{task_id}")
     async def status(task_id: str, request: Request) -> Response:
@@ -323,11 +373,41 @@ def create_simulator(
             return _poyo_error(404, "task not found", "not_found_error")
         return JSONResponse({"code": 200, "data": task.view(asyncio.get_running_loop().time())})
 
-    @app.get("/files/{name}")
-    async def files(name: str) -> Response:
-        if not name.endswith(".mp4") or name.removesuffix(".mp4") not in state.tasks:
+    @app.get("/files/{task_id}/{name}")
+    async def files(task_id: str, name: str) -> Response:
+        task = state.tasks.get(task_id)
+        index, _, extension = name.partition(".")
+        kind = KINDS.get(extension)
+        if task is None or kind is None or not index.isdigit() or int(index) >= len(task.files):
             return _poyo_error(404, "file not found", "not_found_error")
-        return FileResponse(SAMPLE_VIDEO, media_type="video/mp4")
+        seed = zlib.crc32(f"{task_id}/{index}".encode())
+        content = media.render(kind, seed, _spoken(task.input))
+        return Response(content, media_type=kind.media_type)
+
+    @app.get("/v1/catalog/models")
+    async def catalog_models(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+        category: str | None = None,
+        q: str | None = None,
+        service_type: str | None = None,
+    ) -> Response:
+        played = state.catalog
+        if request.headers.get("if-none-match") == played.etag:
+            return Response(status_code=304, headers={"ETag": played.etag})
+        filters = {"category": category, "q": q, "service_type": service_type}
+        page = played.page(limit=limit, cursor=cursor, filters=filters)
+        if page is None:
+            return _poyo_error(400, "invalid cursor")
+        return JSONResponse({"code": 200, "data": page}, headers={"ETag": played.etag})
+
+    @app.get("/v1/catalog/models/{model_id:path}")
+    async def catalog_model(model_id: str) -> Response:
+        entry = next((e for e in state.catalog.document.items if e.model_id == model_id), None)
+        if entry is None:
+            return _poyo_error(404, "model not found", "not_found_error")
+        return JSONResponse({"code": 200, "data": entry.model_dump(mode="json")})
 
     @app.patch("/_sandbox/faults")
     async def set_faults(changes: Faults) -> Faults:

@@ -101,8 +101,10 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 def _route_template(scope: Scope) -> str:
+    """The route as the OpenAPI document spells it (`/v1/models/{model_id}`, without the
+    `:path` converter), or "unmatched"."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
 
 

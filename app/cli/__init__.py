@@ -1,0 +1,11 @@
+"""`poyo-relay`: serve, worker, migrate, sandbox, config, prune (service), keys, submit and
+jobs (the API), models and catalog.
+
+Exit codes: 0 success, 1 the job (or operation) failed, 2 usage or configuration error.
+"""
+
+from app.cli import catalog, jobs, keys, models, service  # each registers its commands
+from app.cli.base import cli, main
+from app.cli.service import parse_age
+
+__all__ = ["catalog", "cli", "jobs", "keys", "main", "models", "parse_age", "service"]

@@ -1,0 +1,102 @@
+"""What every `poyo-relay` command shares: the Typer app, the consoles, exit codes, settings,
+and running service code against the configured database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from app.config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.db import Database
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="poyo-relay",
+    help="A durable broker for asynchronous AI generation jobs on PoYo AI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# In a checkout, alembic.ini and migrations/ sit next to the package; in the container
+# image the package is installed in site-packages and they sit in the working directory.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Settings, or one line per problem on stderr and exit code 2: never a traceback."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error:[/red] {problem}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def operator_settings() -> Settings:
+    """Settings for a command that runs service code: its logs go to stderr, like the
+    service's, so that stdout carries only the command's own output."""
+    from app.logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def with_db(work: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run `work` against the configured database, closed afterwards."""
+    from app.db import Database
+
+    async def main() -> T:
+        db = Database(settings or operator_settings())
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return run_async(main())
+
+
+def fail(message: str, exit_code: int, details: list[str] | None = None) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    for line in details or []:
+        err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def print_json(value: Any) -> None:
+    import orjson
+
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            err.print("interrupted")
+        sys.exit(130)

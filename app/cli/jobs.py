@@ -1,0 +1,289 @@
+"""`poyo-relay submit` and `poyo-relay jobs`: create and follow jobs through the API."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+import typer
+
+from app.cli.api import ApiKeyOption, BaseUrlOption, JsonOption, api, call
+from app.cli.base import EXIT_FAILED, EXIT_USAGE, cli, err, fail, out, print_json
+from app.cli.inputs import InputError, apply_pairs, parse_object
+from app.jobs.states import JobStatus
+
+if TYPE_CHECKING:
+    import httpx
+
+jobs_cli = typer.Typer(help="Look at jobs through the API.", no_args_is_help=True)
+cli.add_typer(jobs_cli, name="jobs")
+
+_TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
+
+
+def _job_error(job: dict[str, Any]) -> str:
+    error = job.get("error") or {}
+    return f"job {job['id']} failed: {error.get('code', 'error')}: {error.get('message', '')}"
+
+
+def read_input_option(value: str | None) -> dict[str, Any]:
+    """--input: a JSON object, `@FILE` holding one, or `-` for standard input."""
+    if value is None:
+        return {}
+    what = "--input"
+    if value == "-":
+        value, what = sys.stdin.read(), "--input - (standard input)"
+    elif value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            value, what = path.read_text(), f"--input {value}"
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_object(value, what=what)
+
+
+def local_problems(model: dict[str, Any], job_input: dict[str, Any]) -> list[str]:
+    """What the service would refuse in `job_input`, checked here with the same schema and
+    family rules, so that a mistake costs no request."""
+    from app.catalog import rules
+    from app.catalog.compiled import compile_schema, schema_problems
+
+    problems = schema_problems(compile_schema(model["input_schema"]), job_input)
+    problems = problems or rules.check(model["id"], job_input)
+    return [f"{'.'.join(p['loc'][1:])}: {p['msg']}" for p in problems]
+
+
+@cli.command()
+def submit(
+    fields: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[FIELD=VALUE | FIELD:=JSON]...",
+            help="Input fields, typed by the model's schema: duration=5, "
+            "image_urls=URL (repeat for more), seed:=7 (JSON as is).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="A model id (`poyo-relay models list`).", show_default=False
+        ),
+    ] = ...,  # type: ignore[assignment]
+    input_json: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="The input as a JSON object, @FILE, or - (stdin); FIELD=VALUE pairs apply on top.",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Shorthand for prompt=TEXT.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Retrying with the same key never makes a second job.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the job ends; print its outputs.")
+    ] = False,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between status reads with --wait.")
+    ] = 1.0,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
+    ] = None,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a job for any model, its input checked against the model's schema before it
+    is sent; with --wait, follow it and print its output URLs.
+
+    Exit code 0: submitted (or, with --wait, succeeded); 1: the job failed; 2: usage.
+    """
+    pairs = ([f"prompt={prompt}"] if prompt is not None else []) + list(fields or [])
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with api(base_url, api_key) as client:
+        # An unknown model is the caller's mistake here (exit 2), not a failed lookup.
+        spec = call(client, "GET", "/v1/models/" + quote(model, safe="/"), usage=(404,))
+        try:
+            job_input = apply_pairs(read_input_option(input_json), pairs, spec["input_schema"])
+        except InputError as exc:
+            fail(str(exc), EXIT_USAGE)
+        problems = local_problems(spec, job_input)
+        if problems:
+            fail(f"invalid input for model {model} (nothing was sent)", EXIT_USAGE, problems)
+        job = call(
+            client,
+            "POST",
+            "/v1/jobs",
+            ok=(200, 201),
+            json={"model": model, "input": job_input},
+            headers=headers,
+        )
+        if wait and job["status"] not in _TERMINAL:
+            job = _follow(client, job, poll_interval=poll_interval, timeout=timeout)
+    _report(job, wait=wait, timeout=timeout, as_json=as_json)
+
+
+def _report(job: dict[str, Any], *, wait: bool, timeout: float | None, as_json: bool) -> None:
+    if as_json:
+        print_json(job)
+    if job["status"] == JobStatus.FAILED.value:
+        fail(_job_error(job), EXIT_FAILED)
+    if job["status"] == JobStatus.SUCCEEDED.value:
+        if not as_json:
+            for output in job["outputs"]:
+                print(output["url"])
+        return
+    if wait:  # gave up waiting
+        fail(f"job {job['id']} is still {job['status']} after {timeout:g}s", EXIT_FAILED)
+    if not as_json:
+        out.print(f"job {job['id']} is {job['status']}; follow it with `poyo-relay jobs show`:")
+        print(job["id"])
+
+
+def _follow(
+    client: httpx.Client, job: dict[str, Any], *, poll_interval: float, timeout: float | None
+) -> dict[str, Any]:
+    """Read the job until it ends (or `timeout` passes), showing its progress."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def watch(show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        current = job
+        show(current)
+        while current["status"] not in _TERMINAL and time.monotonic() < (deadline or math.inf):
+            time.sleep(poll_interval)
+            current = call(client, "GET", f"/v1/jobs/{job['id']}")
+            show(current)
+        return current
+
+    if not err.is_terminal:
+        # No live display in logs and pipes: a line whenever the job moves.
+        shown: list[tuple[str, int]] = []
+
+        def line(current: dict[str, Any]) -> None:
+            if [(current["status"], current["progress"])] != shown[-1:]:
+                shown.append((current["status"], current["progress"]))
+                err.print(
+                    f"{current['id']} {current['status']} {current['progress']}%", highlight=False
+                )
+
+        return watch(line)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as progress:
+        bar = progress.add_task(job["id"], total=100)
+
+        def update(current: dict[str, Any]) -> None:
+            description = f"{current['id']} [bold]{current['status']}[/bold]"
+            progress.update(bar, completed=current["progress"], description=description)
+
+        return watch(update)
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs with this status.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only jobs of this model.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Continue after an earlier page.")] = None,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first, as a table."""
+    from rich.table import Table
+
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("status", status), ("model", model), ("cursor", cursor)):
+        if value is not None:
+            params[name] = str(value)
+    with api(base_url, api_key) as client:
+        page = call(client, "GET", "/v1/jobs", params=params)
+    if as_json:
+        print_json(page)
+        return
+    table = Table("id", "model", "status", "progress", "created", "completed", box=None)
+    table.columns[0].no_wrap = True
+    for job in page["data"]:
+        table.add_row(
+            job["id"],
+            job["model"],
+            job["status"],
+            f"{job['progress']}%",
+            job["created_at"],
+            job["completed_at"] or "",
+        )
+    out.print(table)
+    if not page["data"]:
+        out.print("no jobs")
+    if page.get("next_cursor"):
+        out.print(f"more: --cursor {page['next_cursor']}", highlight=False)
+
+
+@jobs_cli.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="A job id (job_…).")],
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a job and its audit trail (exit code 1 if the job failed)."""
+    from rich.table import Table
+
+    with api(base_url, api_key) as client:
+        job = call(client, "GET", f"/v1/jobs/{job_id}")
+        events = call(client, "GET", f"/v1/jobs/{job_id}/events")["data"]
+    if as_json:
+        print_json({**job, "events": events})
+    else:
+        fields = Table(box=None, show_header=False)
+        fields.add_column(style="bold", no_wrap=True)
+        fields.add_column(overflow="fold")
+        provider = job.get("provider") or {}
+        rows = [
+            ("id", job["id"]),
+            ("model", job["model"]),
+            ("status", job["status"]),
+            ("progress", f"{job['progress']}%"),
+            ("provider task", provider.get("task_id") or ""),
+            ("created", job["created_at"]),
+            ("submitted", job["submitted_at"] or ""),
+            ("completed", job["completed_at"] or ""),
+        ]
+        rows += [("output", output["url"]) for output in job["outputs"]]
+        if job.get("error"):
+            rows.append(("error", f"{job['error']['code']}: {job['error']['message']}"))
+        for name, value in rows:
+            fields.add_row(name, str(value))
+        out.print(fields)
+        trail = Table("time", "event", "data", title="events", box=None)
+        trail.columns[0].no_wrap = True
+        trail.columns[1].no_wrap = True
+        trail.columns[2].overflow = "fold"
+        for event in events:
+            trail.add_row(event["created_at"], event["type"], _summary(event["data"]))
+        out.print(trail)
+    if job["status"] == JobStatus.FAILED.value:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _summary(data: dict[str, Any], limit: int = 160) -> str:
+    import orjson
+
+    shown = {key: value for key, value in data.items() if key != "raw"}
+    text = orjson.dumps(shown).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,64 @@
+"""`poyo-relay keys`: create, list and revoke API keys (against the database)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from app.cli.base import EXIT_FAILED, EXIT_USAGE, cli, err, out, with_db
+
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Owner name; keys with one name share jobs.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May see every owner's jobs.")] = False,
+) -> None:
+    """Create a key and print it once, as the last word of the output."""
+    from app.auth.service import create_key
+
+    try:
+        info, token = with_db(lambda db: create_key(db, name=name, is_admin=admin))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    role = "admin key" if info.is_admin else "key"
+    # Plain print: the token must not be wrapped or styled, it is meant to be copied.
+    print(f"Created {role} {info.id} for {info.name}; it is shown only once: {token}")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from rich.table import Table
+
+    from app.auth.service import list_keys
+    from app.timeutil import isoformat_z
+
+    table = Table("id", "name", "admin", "created", "revoked")
+    for key in with_db(list_keys):
+        table.add_row(
+            key.id,
+            key.name,
+            "yes" if key.is_admin else "",
+            isoformat_z(key.created_at),
+            isoformat_z(key.revoked_at) or "",
+        )
+    out.print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    name_or_id: Annotated[str, typer.Argument(help="A key id, or a name to revoke all its keys.")],
+) -> None:
+    """Revoke keys; effective at once."""
+    from app.auth.service import revoke
+
+    count = with_db(lambda db: revoke(db, name_or_id=name_or_id))
+    if count == 0:
+        err.print(f"no live key matches {name_or_id!r}")
+        raise typer.Exit(EXIT_FAILED)
+    out.print(f"revoked {count} key(s)")
