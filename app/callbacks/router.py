@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
 from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +23,7 @@ from app.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from app.provider.schemas import TaskStatus
 from app.runtime import Runtime
 from app.web.openapi import described
+from app.web.responses import json_response
 
 PATH = CALLBACK_PATH + "/{job_id}/{token}"
 REF = "#/components/schemas/{model}"
@@ -52,7 +52,7 @@ async def receive_callback(request: Request) -> Response:
         error = result.error(result.message)
         return JSONResponse(error.body(), status_code=error.status_code)
     ack: CallbackAck = {"received": True, "outcome": result.outcome}
-    return Response(orjson.dumps(ack), media_type="application/json")
+    return json_response(ack)
 
 
 class _Endpoint:

@@ -66,6 +66,14 @@ def schema_problems(validator: Any, data: Any) -> list[ErrorItem]:
     return problems
 
 
+def input_problems(
+    model_id: str, validator: Any, data: Any, rules: Sequence[Rule] = family_rules.RULES
+) -> list[ErrorItem]:
+    """What is wrong with `data` as the input of `model_id`: its schema first, then (if the
+    schema holds) the family rules. The service and the command line both ask this."""
+    return schema_problems(validator, data) or family_rules.check(model_id, data, rules)
+
+
 class Catalog:
     """The models of one catalog version; `validate()` is what POST /v1/jobs calls."""
 
@@ -76,7 +84,6 @@ class Catalog:
         retired: Iterable[str] = (),
         rules: Sequence[Rule] = family_rules.RULES,
     ) -> None:
-        self.document = document
         self.version = version_of(document)
         self.rules = rules
         self.chat = {e.model_id for e in document.items if e.service_type != GENERATE}
@@ -93,8 +100,7 @@ class Catalog:
             (
                 example
                 for example in entry.examples
-                if not schema_problems(validator, example)
-                and not family_rules.check(entry.model_id, example, self.rules)
+                if not input_problems(entry.model_id, validator, example, self.rules)
             ),
             None,
         )
@@ -118,14 +124,11 @@ class Catalog:
         raise InvalidRequest(reason, details=[detail])
 
     def problems(self, model_id: str, data: Any) -> list[ErrorItem]:
-        """What is wrong with `data` as the input of `model_id`: its schema first, then
-        (if the schema holds) the family rules."""
+        """What is wrong with `data` as the input of `model_id` (input_problems)."""
         spec = self.spec(model_id)
         if not isinstance(data, dict):
             return [ErrorItem(loc=["body", "input"], msg="must be an object", type="type")]
-        return schema_problems(spec.validator, data) or family_rules.check(
-            model_id, data, self.rules
-        )
+        return input_problems(model_id, spec.validator, data, self.rules)
 
     def validate(self, model_id: str, data: Any) -> None:
         """Nothing, or a 422 listing every problem, each pointing at its field."""

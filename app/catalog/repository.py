@@ -13,11 +13,9 @@ from app.catalog.document import Document
 from app.catalog.models import CatalogVersion
 from app.db import upsert
 
-_ACTIVE = select(CatalogVersion.version).order_by(CatalogVersion.activated_at.desc()).limit(1)
-
-
-async def active_version(conn: AsyncConnection) -> str | None:
-    return (await conn.execute(_ACTIVE)).scalar_one_or_none()
+# The version in use is the one activated last.
+_IN_USE = CatalogVersion.activated_at.desc()
+_ACTIVE_VERSION = select(CatalogVersion.version).order_by(_IN_USE).limit(1)
 
 
 @dataclass(frozen=True)
@@ -26,34 +24,35 @@ class StoredVersion:
     source: str
     etag: str | None
     activated_at: datetime
-    document: dict[str, Any]
 
 
-async def active(conn: AsyncConnection) -> StoredVersion | None:
-    """The catalog version in use and where it came from."""
-    columns = (
+_ACTIVE = (
+    select(
         CatalogVersion.version,
         CatalogVersion.source,
         CatalogVersion.etag,
         CatalogVersion.activated_at,
-        CatalogVersion.document,
     )
-    row = (
-        await conn.execute(select(*columns).order_by(CatalogVersion.activated_at.desc()).limit(1))
-    ).first()
+    .order_by(_IN_USE)
+    .limit(1)
+)
+
+
+async def active_version(conn: AsyncConnection) -> str | None:
+    return (await conn.execute(_ACTIVE_VERSION)).scalar_one_or_none()
+
+
+async def active(conn: AsyncConnection) -> StoredVersion | None:
+    """The catalog version in use and where it came from (not its document)."""
+    row = (await conn.execute(_ACTIVE)).first()
     return StoredVersion(**row._asdict()) if row is not None else None
 
 
-async def load(conn: AsyncConnection, version: str) -> tuple[dict[str, Any], str | None] | None:
-    """The stored document of `version` and its ETag."""
-    row = (
-        await conn.execute(
-            select(CatalogVersion.document, CatalogVersion.etag).where(
-                CatalogVersion.version == version
-            )
-        )
-    ).first()
-    return (row.document, row.etag) if row is not None else None
+async def load(conn: AsyncConnection, version: str) -> dict[str, Any] | None:
+    """The stored document of `version`."""
+    query = select(CatalogVersion.document).where(CatalogVersion.version == version)
+    document: dict[str, Any] | None = (await conn.execute(query)).scalar_one_or_none()
+    return document
 
 
 async def store(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Response
 from typing_extensions import TypedDict
 
@@ -14,6 +13,7 @@ from app.catalog.compiled import Catalog, ModelSpec
 from app.errors import InvalidRequest, NotFound
 from app.web.deps import CallerDep, RuntimeDep
 from app.web.errors import error_responses
+from app.web.responses import json_response
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 MAX_MODEL_ID_CHARS = 64
@@ -54,10 +54,6 @@ def model_out(catalog: Catalog, spec: ModelSpec) -> ModelOut:
     }
 
 
-def _json(content: object) -> Response:
-    return Response(orjson.dumps(content), media_type="application/json")
-
-
 @router.get("", response_model=ModelList, summary="List the models", responses=error_responses())
 async def list_models(
     runtime: RuntimeDep,
@@ -72,7 +68,7 @@ async def list_models(
         "catalog_version": catalog.version,
         "data": [model_out(catalog, spec) for spec in found],
     }
-    return _json(listed)
+    return json_response(listed)
 
 
 @router.get(
@@ -89,4 +85,4 @@ async def get_model(model_id: str, runtime: RuntimeDep, _caller: CallerDep) -> R
         spec = catalog.spec(model_id)
     except InvalidRequest as refused:
         raise NotFound(refused.message) from None
-    return _json(model_out(catalog, spec))
+    return json_response(model_out(catalog, spec))

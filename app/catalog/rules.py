@@ -45,11 +45,11 @@ def rule(
     return register
 
 
-def check(model_id: str, data: Input, rules: Iterable[Rule] | None = None) -> list[ErrorItem]:
-    """The rules `data` breaks for `model_id` (all of RULES unless `rules` says)."""
+def check(model_id: str, data: Input, rules: Iterable[Rule]) -> list[ErrorItem]:
+    """The rules among `rules` that `data` breaks for `model_id`."""
     return [
         ErrorItem(loc=["body", "input", r.field], msg=r.message, type=f"rule:{r.name}")
-        for r in (RULES if rules is None else rules)
+        for r in rules
         if model_id in r.models and r.broken(model_id, data)
     ]
 

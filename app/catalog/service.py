@@ -56,20 +56,20 @@ class CatalogService:
 
     async def _refresh(self) -> None:
         active = await self.seeded()
-        async with self.db.read_connection() as conn:
-            if self._catalog is None or self._catalog.version != active:
+        if self._catalog is None or self._catalog.version != active:
+            async with self.db.read_connection() as conn:
                 stored = await repo.load(conn, active)
                 retired = await repo.model_ids_ever(conn)
-                assert stored is not None
-                started = time.perf_counter()
-                catalog = Catalog(Document.model_validate(stored[0]), retired=retired)
-                log.info(
-                    "catalog_loaded",
-                    version=catalog.version,
-                    models=len(catalog.models),
-                    seconds=round(time.perf_counter() - started, 3),
-                )
-                self._catalog = catalog
+            assert stored is not None
+            started = time.perf_counter()
+            catalog = Catalog(Document.model_validate(stored), retired=retired)
+            log.info(
+                "catalog_loaded",
+                version=catalog.version,
+                models=len(catalog.models),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            self._catalog = catalog
         self._checked = time.monotonic()
 
     async def seeded(self) -> str:
@@ -82,7 +82,8 @@ class CatalogService:
         return (await self.install(snapshot, source="snapshot", unless_one_is_active=True)).version
 
     async def active(self) -> repo.StoredVersion | None:
-        """The version in use, where it came from and PoYo's ETag for it (if synced)."""
+        """The version in use, where it came from and PoYo's ETag for it (if synced); its
+        models are `current()`'s."""
         async with self.db.read_connection() as conn:
             return await repo.active(conn)
 
@@ -99,9 +100,9 @@ class CatalogService:
         version = version_of(document)
         async with self.db.write() as conn:
             active = await repo.active_version(conn)
-            previous = await repo.load(conn, active) if active else None
             if unless_one_is_active and active is not None:
                 return Installed(active, Diff(), activated=False)
+            previous = await repo.load(conn, active) if active else None
             await repo.store(
                 conn,
                 version=version,
@@ -111,7 +112,7 @@ class CatalogService:
                 now=utcnow(),
                 activate=True,
             )
-        before = Document.model_validate(previous[0]) if previous else None
+        before = Document.model_validate(previous) if previous else None
         log.info("catalog_installed", version=version, source=source, previous=active)
         return Installed(version, diff(before, document), activated=active != version)
 

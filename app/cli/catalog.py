@@ -29,24 +29,21 @@ def _service(db: Database, settings: Settings) -> CatalogService:
 @catalog_cli.command("status")
 def catalog_status() -> None:
     """The catalog in use: its version, where it came from, how many models."""
-    from app.catalog.document import GENERATE, from_json
     from app.cli.base import operator_settings
 
     settings = operator_settings()
 
     async def work(db: Database) -> None:
         catalogs = _service(db, settings)
-        await catalogs.seeded()
+        catalog = await catalogs.current()  # a new database gets the snapshot poyo-relay ships
         active = await catalogs.active()
         assert active is not None
-        document = from_json(active.document)
-        generate = sum(1 for entry in document.items if entry.service_type == GENERATE)
         out.print(f"catalog {active.version}", highlight=False)
         out.print(f"  source     {active.source}", highlight=False)
         out.print(f"  in use     since {active.activated_at.isoformat()}", highlight=False)
         out.print(f"  etag       {active.etag or '(none)'}", highlight=False)
         out.print(
-            f"  models     {generate} generate, {len(document.items) - generate} chat (refused)",
+            f"  models     {len(catalog.models)} generate, {len(catalog.chat)} chat (refused)",
             highlight=False,
         )
 

@@ -50,11 +50,9 @@ def read_input_option(value: str | None) -> dict[str, Any]:
 def local_problems(model: dict[str, Any], job_input: dict[str, Any]) -> list[str]:
     """What the service would refuse in `job_input`, checked here with the same schema and
     family rules, so that a mistake costs no request."""
-    from app.catalog import rules
-    from app.catalog.compiled import compile_schema, schema_problems
+    from app.catalog.compiled import compile_schema, input_problems
 
-    problems = schema_problems(compile_schema(model["input_schema"]), job_input)
-    problems = problems or rules.check(model["id"], job_input)
+    problems = input_problems(model["id"], compile_schema(model["input_schema"]), job_input)
     return [f"{'.'.join(p['loc'][1:])}: {p['msg']}" for p in problems]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Response
 
 from app.errors import (
@@ -30,6 +29,7 @@ from app.jobs.schemas import (
 from app.jobs.states import JobStatus
 from app.web.deps import CallerDep, RuntimeDep
 from app.web.errors import error_responses
+from app.web.responses import json_response
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -43,10 +43,6 @@ IdempotencyKeyHeader = Annotated[
         description="Retries with the same key and body within 24 h return the original job.",
     ),
 ]
-
-
-def _json(content: object, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -75,7 +71,7 @@ async def create_job(
     job, created = await runtime.jobs.create(
         caller=caller, body=body, idempotency_key=idempotency_key
     )
-    return _json(job_to_dict(job), 201 if created else 200)
+    return json_response(job_to_dict(job), 201 if created else 200)
 
 
 @router.get(
@@ -98,7 +94,7 @@ async def list_jobs(
     jobs, next_cursor = await queries.list_jobs(
         runtime.db, caller=caller, filters=filters, limit=limit, cursor=cursor
     )
-    return _json(job_list(jobs, next_cursor))
+    return json_response(job_list(jobs, next_cursor))
 
 
 @router.get(
@@ -110,7 +106,7 @@ async def list_jobs(
 async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
     await runtime.confirmation.refresh_if_watched(job)
-    return _json(job_to_dict(job))
+    return json_response(job_to_dict(job))
 
 
 @router.get(
@@ -129,4 +125,4 @@ async def list_events(
     events, next_cursor = await queries.list_events(
         runtime.db, caller=caller, job_id=job_id, limit=limit, cursor=cursor
     )
-    return _json(event_list(events, next_cursor))
+    return json_response(event_list(events, next_cursor))

@@ -135,8 +135,8 @@ class SimulatorState:
     rng: random.Random
     catalog: PlayedCatalog
     tasks: dict[str, SimTask] = field(default_factory=dict)
-    # Idempotency-Key → the task it started, and that task's first answer.
-    by_key: dict[str, tuple[SimTask, dict[str, Any]]] = field(default_factory=dict)
+    # Idempotency-Key → the first answer it got (naming the task it started).
+    by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
     injected: Counter[str] = field(default_factory=Counter)
     deliveries: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -326,7 +326,7 @@ def create_simulator(
         key = request.headers.get("idempotency-key")
         if key and state.faults.honour_idempotency_keys and key in state.by_key:
             state.injected["submit.idempotent_replay"] += 1
-            return JSONResponse(state.by_key[key][1])
+            return JSONResponse(state.by_key[key])
         callback_url = body.get("callback_url")
         loop = asyncio.get_running_loop()
         task_id = f"task-unified-{int(time.time())}-{secrets.token_hex(6)}"
@@ -358,7 +358,7 @@ def create_simulator(
         view = task.view(loop.time())
         answer = {"code": 200, "data": {k: view[k] for k in ("task_id", "status", "created_time")}}
         if key:
-            state.by_key.setdefault(key, (task, answer))
+            state.by_key.setdefault(key, answer)
         return JSONResponse(answer)
 
     @app.get("/api/generate/status/{task_id}")
@@ -455,6 +455,7 @@ def create_simulator(
         state.tasks.clear()
         state.injected.clear()
         state.deliveries.clear()
+        state.by_key.clear()  # its answers name tasks that are gone
         return {"reset": True}
 
     return app
