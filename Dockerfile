@@ -41,8 +41,9 @@ COPY --from=builder /opt/venv /opt/venv
 # `poyo-relay migrate` finds alembic.ini and migrations/ in the working directory.
 COPY alembic.ini ./
 COPY migrations ./migrations
-# Only SQLite (the default without DATABASE_URL) writes here; compose uses PostgreSQL.
-RUN mkdir /app/data && chown relay:relay /app/data
+# SQLite (the default without DATABASE_URL) and archived outputs (ARCHIVE_DIR, data/outputs)
+# live here; a named volume mounted on data/outputs takes this owner.
+RUN mkdir -p /app/data/outputs && chown -R relay:relay /app/data
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

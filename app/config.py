@@ -5,7 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POYO_BASE_URL = "https://api.poyo.ai"
@@ -57,6 +64,34 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
     # Off: webhooks to loopback, private or link-local addresses are refused (SSRF).
     webhook_allow_private: bool = False
+
+    # --- archive: outputs kept before PoYo's URLs expire (README, Archive) ------------------
+    archive_enabled: bool = True
+    archive_backend: Literal["local", "s3"] = "local"
+    # The local backend's files; both backends stage downloads in `<ARCHIVE_DIR>/.incoming`.
+    archive_dir: str = "./data/outputs"
+    archive_s3_bucket: str = ""
+    archive_s3_prefix: str = Field(default="", max_length=256)
+    # Empty: AWS itself; else any S3-compatible server (MinIO, R2, GCS interop, …).
+    archive_s3_endpoint_url: str = ""
+    archive_s3_region: str = "us-east-1"
+    # Empty: boto3's own chain (environment, profile, instance role).
+    archive_s3_access_key_id: SecretStr = SecretStr("")
+    archive_s3_secret_access_key: SecretStr = SecretStr("")
+    # On: an archived output is answered with a redirect to a presigned S3 URL instead of
+    # being streamed through poyo-relay.
+    archive_s3_redirect: bool = False
+    archive_max_bytes: int = Field(default=2 * 1024**3, ge=1024, le=1024**4)
+    archive_max_attempts: int = Field(default=8, ge=1, le=100)
+    archive_connect_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # The longest silence while downloading (not the whole download's time).
+    archive_read_timeout_seconds: float = Field(default=60, gt=0, le=600)
+    archive_concurrency: int = Field(default=4, ge=1, le=64)
+    # Off: downloads from loopback, private or link-local addresses are refused (SSRF);
+    # sandbox mode trusts its own simulator's files by itself.
+    archive_allow_private: bool = False
+    # The longest a signed output link (`POST /v1/jobs/{id}/outputs/{index}/links`) lives.
+    archive_link_max_seconds: int = Field(default=7 * 86_400, ge=60, le=365 * 86_400)
 
     # --- the catalog (PoYo's models) ---------------------------------------------------------
     # How often a process looks for a newer catalog in the database (`poyo-relay catalog
@@ -111,6 +146,19 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("archive_s3_endpoint_url")
+    @classmethod
+    def _optional_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.archive_enabled and self.archive_backend == "s3" and not self.archive_s3_bucket:
+            raise ValueError("ARCHIVE_BACKEND=s3 needs ARCHIVE_S3_BUCKET")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -157,7 +205,7 @@ def load_settings(**overrides: object) -> Settings:
         for error in exc.errors(include_url=False, include_input=False):
             field = ".".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"invalid setting {field}: {message}")
+            problems.append(f"invalid setting {field}: {message}" if field else message)
         raise SettingsError(problems) from None
 
 

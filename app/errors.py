@@ -76,6 +76,13 @@ class Unauthorized(AppError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(AppError):
+    status_code = 403
+    type = "forbidden"
+    description = "A signed output link that is invalid or has expired"
+    example = "this link is invalid or has expired"
+
+
 class NotFound(AppError):
     status_code = 404
     type = "not_found"
@@ -102,6 +109,16 @@ class PayloadTooLarge(AppError):
     type = "payload_too_large"
     description = "Body too large: 256 KiB for the client API, 1 MiB for provider callbacks"
     example = "request body exceeds 262144 bytes"
+
+
+class RangeNotSatisfiable(AppError):
+    status_code = 416
+    type = "range_not_satisfiable"
+    description = "A `Range` past the end of an output file (see `Content-Range`)"
+    example = "the file has 1843200 bytes"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, headers={"Content-Range": f"bytes */{size}"})
 
 
 class UnsupportedMediaType(AppError):

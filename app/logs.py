@@ -21,6 +21,7 @@ _PATTERNS = [
     re.compile(r"prk_[0-9a-z]{26}_[A-Za-z0-9_-]+"),  # API keys
     re.compile(r"(?<=/v1/callbacks/poyo/)(job_[0-9a-z]{26})/[A-Za-z0-9_-]+"),  # URL credentials
     re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?<=[?&]sig=)[0-9a-f]{16,}"),  # signed output links
 ]
 # What can only hold a timestamp, a level or a logger name is not looked at.
 _PLAIN_KEYS = frozenset({"timestamp", "level", "logger"})

@@ -12,6 +12,7 @@ import structlog
 from fastapi import FastAPI
 
 from app import __version__
+from app.archive.router import router as outputs_router
 from app.callbacks.credentials import CALLBACK_PATH
 from app.callbacks.router import CallbackRoute
 from app.catalog.router import router as models_router
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.router.routes.append(CallbackRoute())
-    for router in (jobs_router, models_router, webhooks_router, ops_router):
+    for router in (jobs_router, outputs_router, models_router, webhooks_router, ops_router):
         app.include_router(router)
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)

@@ -75,3 +75,18 @@ HTTP_REQUESTS = Counter(
     ["route", "method", "status"],
     registry=REGISTRY,
 )
+ARCHIVE_OUTPUTS = Counter(
+    "poyo_relay_archive_outputs_total",
+    "Output files archive attempts, by outcome (archived, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ARCHIVE_BYTES = Counter(
+    "poyo_relay_archive_bytes_total", "Bytes of output files archived.", registry=REGISTRY
+)
+ARCHIVE_JOBS = Counter(
+    "poyo_relay_archive_jobs_total",
+    "Jobs whose archive attempt ended, by result (archived, retrying, abandoned).",
+    ["result"],
+    registry=REGISTRY,
+)

@@ -14,6 +14,10 @@ from datetime import timedelta
 
 import structlog
 
+from app.archive.download import Downloader
+from app.archive.links import OutputLinks
+from app.archive.service import ArchiveService
+from app.archive.storage import open_storage
 from app.callbacks.credentials import CallbackCredentials
 from app.callbacks.service import CallbackService
 from app.catalog.service import CatalogService
@@ -62,6 +66,7 @@ class Runtime:
     confirmation: Confirmation
     callbacks: CallbackService
     webhooks: WebhookSender
+    archive: ArchiveService
     wakeup: Wakeup
     instance: str
 
@@ -115,6 +120,7 @@ class Runtime:
                 on_received=wakeup.notify,
             ),
             webhooks=WebhookSender(settings=settings, db=db, server_key=server_key),
+            archive=archive_service(settings, db, server_key),
             wakeup=wakeup,
             instance=instance,
         )
@@ -133,10 +139,19 @@ class Runtime:
             self._loop("submit", Queue((JobStatus.PENDING,)), self.jobs.submit_due, owner),
             self._loop("reconcile", Queue(in_flight), self.confirmation.refresh, owner),
             self._loop("webhook", Queue(tuple(sorted(TERMINAL))), self.webhooks.deliver, owner),
+            self._loop(
+                "archive",
+                Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at"),
+                self.archive.archive,
+                owner,
+                slots=self.settings.archive_concurrency,
+            ),
         ]
         return Worker(db=self.db, loops=loops, lease_owner=owner)
 
-    def _loop(self, name: str, queue: Queue, handle: Handler, owner: str) -> ClaimLoop:
+    def _loop(
+        self, name: str, queue: Queue, handle: Handler, owner: str, slots: int | None = None
+    ) -> ClaimLoop:
         settings = self.settings
         return ClaimLoop(
             name=name,
@@ -145,7 +160,7 @@ class Runtime:
             handle=handle,
             lease_owner=owner,
             lease_seconds=settings.worker_lease_seconds,
-            slots=min(settings.worker_batch_size, settings.worker_concurrency),
+            slots=slots or min(settings.worker_batch_size, settings.worker_concurrency),
             poll_seconds=settings.worker_poll_seconds,
             woken=self.wakeup.subscribe(),
         )
@@ -153,4 +168,18 @@ class Runtime:
     async def close(self) -> None:
         await self.provider.aclose()
         await self.webhooks.aclose()
+        await self.archive.aclose()
         await self.db.dispose()
+
+
+def archive_service(settings: Settings, db: Database, server_key: ServerKey) -> ArchiveService:
+    """The archive, with its storage backend and a downloader that, in sandbox mode,
+    trusts the simulator's own (loopback) files."""
+    trusted = (settings.provider_base_url,) if settings.sandbox_mode else ()
+    return ArchiveService(
+        settings=settings,
+        db=db,
+        storage=open_storage(settings),
+        downloader=Downloader(settings, trusted_origins=trusted),
+        links=OutputLinks(server_key),
+    )

@@ -65,6 +65,8 @@ class Size:
     # catalog
     catalog_jobs: int
     catalog_startups: int
+    # archive: the size of the one output archived
+    archive_bytes: int
 
 
 SIZES = {
@@ -83,6 +85,7 @@ SIZES = {
         e2e_timeout=90.0,
         catalog_jobs=300,
         catalog_startups=1,
+        archive_bytes=64 * 2**20,
     ),
     "full": Size(
         name="full",
@@ -99,6 +102,7 @@ SIZES = {
         e2e_timeout=300.0,
         catalog_jobs=3_000,
         catalog_startups=5,
+        archive_bytes=2**30,
     ),
 }
 

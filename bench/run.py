@@ -1,7 +1,8 @@
-"""Run the benchmarks of issues 6 and 12 and print the machine and a table per benchmark.
+"""Run the benchmarks of issues 6 and 12 and of output archiving; print the machine and a
+table per benchmark.
 
     python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
-                        [--only ingest,reads,e2e,catalog]
+                        [--only ingest,reads,e2e,catalog,archive]
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
 in a list query's plan). Missed performance goals are printed, never fatal: the figures are
@@ -18,7 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import catalog, e2e, ingest, profile, reads
+from bench import archive, catalog, e2e, ingest, profile, reads
 from bench.common import (
     BACKENDS,
     BENCH_DIR,
@@ -35,11 +36,19 @@ from bench.common import (
 from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
-BENCHMARKS = ("ingest", "reads", "e2e", "catalog")
+BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive")
+# Benchmarks whose database only keeps bookkeeping: run once, on SQLite when it is chosen.
+ONCE = frozenset({"archive"})
 RSS_GOAL_MB = 150.0
 
 
 DEFAULT_WORKERS = {"postgresql": 2, "sqlite": 1}
+
+
+def backends_for(name: str, backends: list[str]) -> list[str]:
+    if name not in ONCE:
+        return backends
+    return ["sqlite"] if "sqlite" in backends else backends[:1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,7 +106,7 @@ async def main_async(args: argparse.Namespace) -> int:
         say("py-spy not found (pip install py-spy): profiling skipped")
     with MemorySampler() as sampler:
         for name in args.only:
-            for backend in args.backends:
+            for backend in backends_for(name, args.backends):
                 key = f"{name}[{backend}]"
                 try:
                     if name == "ingest":
@@ -115,6 +124,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         outcome = await reads.run_backend(backend, size, sampler)
                     elif name == "catalog":
                         outcome = await catalog.run_backend(backend, size, sampler)
+                    elif name == "archive":
+                        outcome = await archive.run_backend(backend, size, sampler)
                     else:
                         outcome = await e2e.run_backend(
                             backend,

@@ -17,12 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from app.auth.service import create_key
 from app.config import Settings
 from app.main import create_app
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, SimulatorState, create_simulator
+from tests.s3 import S3Server, running_s3_server
 from tests.stand_in import ProviderStandIn, serve_stand_in
 from tests.support import (
     ApiClient,
@@ -188,3 +190,40 @@ async def relay(start_service: ServiceFactory, provider: ProviderStandIn) -> Ser
 async def service(start_service: ServiceFactory) -> Service:
     """The service with its embedded worker."""
     return await start_service()
+
+
+# ---- a real S3-compatible server (moto) for the archive (tests/s3.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with running_s3_server() as server:
+        yield server
+
+
+# ---- a client's webhook endpoint -------------------------------------------------------------
+
+
+class Receiver:
+    """A client's webhook endpoint on loopback that fails its first `failures` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.app = FastAPI()
+
+        @self.app.post("/hook")
+        async def hook(request: Request) -> Response:
+            self.calls.append((dict(request.headers), await request.body()))
+            if len(self.calls) <= self.failures:
+                return Response(status_code=500)
+            return Response(status_code=204)
+
+
+@pytest.fixture
+async def receiver() -> Any:
+    hook = Receiver(failures=2)
+    server = await LiveServer().start(hook.app)
+    hook.url = f"{server.url}/hook"  # type: ignore[attr-defined]
+    yield hook
+    await server.stop()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -175,6 +176,10 @@ async def worker_pass(worker: Worker) -> None:
         await one_pass(loop)
 
 
+# Where a test that does not archive would keep outputs (created only if ever used).
+UNUSED_ARCHIVE_DIR = Path(tempfile.gettempdir()) / f"poyo-relay-tests-{os.getpid()}" / "outputs"
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: never the developer's `.env`, quiet, fast simulator."""
     values: dict[str, Any] = {
@@ -187,6 +192,10 @@ def make_settings(**overrides: Any) -> Settings:
         "retry_base_seconds": 0.05,
         "retry_max_seconds": 0.5,
         "rate_limit_jobs_per_minute": 0,
+        # Archiving is tested on its own (tests/test_archive*.py): elsewhere outputs are
+        # made-up URLs that must never be fetched.
+        "archive_enabled": False,
+        "archive_dir": str(UNUSED_ARCHIVE_DIR),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

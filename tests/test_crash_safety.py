@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from sqlalchemy import select
 from app.auth.service import create_key
 from app.db import Database
 from app.jobs.models import Job
+from app.jobs.states import ArchiveStatus, JobStatus
 from bench.chaos import Child, relay_child
 from bench.common import free_port
 from tests.conftest import SIMULATOR_KEY, ServiceFactory, Simulator
@@ -405,3 +407,52 @@ async def test_a_late_submit_answer_saying_finished_is_confirmed_before_success(
     types = [event["type"] for event in await service.client.events(job_id)]
     assert "provider.polled" in types
     assert types.index("provider.polled") < len(types) - 1
+
+
+async def test_kill_while_archiving_leaves_no_half_written_file(
+    relay: RelayFactory, simulator: Simulator, db: Database, tmp_path: Path
+) -> None:
+    """Killed mid-download: the partial download sits in the scratch directory only, the
+    job stays `succeeded` with its archive pending, and the restarted service archives
+    the whole file once the dead process's lease expires."""
+    root = tmp_path / "outputs"
+    archiving = {"archive_enabled": True, "archive_allow_private": True, "archive_dir": root}
+    # The file trickles in: 4 KiB every 0.4 s, so the kill lands mid-body.
+    await simulator.set_faults(file_unsized_rate=1, file_chunk_delay_seconds=0.4)
+    server = await relay(**archiving)
+    created = await server.http.post("/v1/jobs", json=IMAGE_JOB)
+    job_id = created.json()["id"]
+    scratch = root / ".incoming"
+
+    def partial() -> list[Path]:
+        return (
+            [p for p in scratch.glob("*.part") if p.stat().st_size > 0] if scratch.exists() else []
+        )
+
+    async def file_requests() -> int:
+        return int((await simulator.stats())["faults_injected"].get("file.unsized", 0))
+
+    await eventually(file_requests, bool, seconds=30)
+    await asyncio.sleep(1)  # a few pieces in, several to go
+    server.kill()
+    stored = await stored_job(db, job_id)
+    assert stored.status is JobStatus.SUCCEEDED
+    assert stored.archive_status is ArchiveStatus.PENDING
+    assert [p for p in root.rglob("*") if p.is_file() and ".incoming" not in p.parts] == []
+    # The partial download is left for `prune` to sweep; never under an output's key.
+    assert list(scratch.glob("*.part"))
+
+    await simulator.set_faults(file_unsized_rate=0, file_chunk_delay_seconds=0)
+    await server.start()
+    job = await eventually(
+        lambda: server.job(job_id),
+        lambda job: job["archive"]["status"] == "archived",
+        seconds=40,
+        interval=0.2,
+    )
+    [output] = job["outputs"]
+    original = (await simulator.http.get(output["provider_url"])).content
+    served = await server.http.get(f"/v1/jobs/{job_id}/outputs/0")
+    assert served.content == original
+    assert hashlib.sha256(original).hexdigest() == output["sha256"]
+    assert (root / job_id / "0").read_bytes() == original

@@ -4,6 +4,7 @@ failed submission is tried again."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 
 from app.backoff import Backoff
 from app.jobs.decisions import Policy, Submit, confirm
-from app.jobs.models import Job, JobOutput
-from app.jobs.states import JobStatus, can_transition, from_provider
+from app.jobs.models import Job, provider_output
+from app.jobs.states import ArchiveStatus, JobStatus, can_transition, from_provider
 from app.provider.schemas import ProviderStatus, TaskStatus
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -75,10 +76,22 @@ def test_confirm_targets_the_providers_status_and_shows_only_news(
 def test_finished_with_files_succeeds_with_its_outputs() -> None:
     confirmed = confirm(POLICY, job(), answer(ProviderStatus.FINISHED, files=[FILE]), NOW)
     assert confirmed.target is JobStatus.SUCCEEDED
-    assert confirmed.patch["outputs"] == [JobOutput(url=FILE["file_url"], type="video")]
+    assert confirmed.patch["outputs"] == [provider_output(FILE["file_url"], "video")]
+    assert confirmed.patch["outputs"][0]["provider_url"] == FILE["file_url"]
+    assert confirmed.patch["outputs"][0]["archived_at"] is None
     assert confirmed.patch["progress"] == 100
     assert confirmed.patch["provider_status"] is ProviderStatus.FINISHED
     assert confirmed.patch["updated_at"] == NOW
+    assert "archive_status" not in confirmed.patch  # archiving is off in this policy
+
+
+def test_success_makes_the_archive_due_when_archiving_is_on() -> None:
+    policy = dataclasses.replace(POLICY, archive_outputs=True)
+    confirmed = confirm(policy, job(), answer(ProviderStatus.FINISHED, files=[FILE]), NOW)
+    assert confirmed.patch["archive_status"] is ArchiveStatus.PENDING
+    assert confirmed.patch["archive_due_at"] == NOW
+    running = confirm(policy, job(), answer(ProviderStatus.RUNNING, progress=40), NOW)
+    assert "archive_status" not in running.patch
 
 
 def test_finished_without_files_is_only_running() -> None:

@@ -310,9 +310,9 @@ def test_compose_and_dockerfile_commands_are_real_cli_commands() -> None:
         if "--host" in argv:
             assert context.params["host"] == "0.0.0.0", f"{name} must listen beyond loopback"
     sandbox = parse_cli(commands["sandbox"]).params
-    assert (
-        sandbox["public_url"] == f"http://localhost:{published_port(found['sandbox']['ports'][0])}"
-    )
+    # Output URLs name the address the worker downloads (archives) them from: SANDBOX_URL,
+    # which sandbox mode trusts; clients open poyo-relay's own output URL instead.
+    assert sandbox["public_url"] == found["worker"]["environment"]["SANDBOX_URL"]
 
 
 def test_ports_agree() -> None:
@@ -333,10 +333,8 @@ def test_ports_agree() -> None:
     assert container_port(sandbox_mapping) == sandbox_port
     assert str(sandbox_mapping).startswith("127.0.0.1:"), "the simulator is for this host only"
     assert f"http://127.0.0.1:{sandbox_port}/" in " ".join(healthcheck_command(found["sandbox"]))
-    # a different published port moves the output URLs with it
     moved = services({"SANDBOX_PORT": "18100", "API_PORT": "18000"})
     assert published_port(moved["sandbox"]["ports"][0]) == 18100
-    assert option(moved["sandbox"]["command"], "--public-url") == "http://localhost:18100"
     assert published_port(moved["api"]["ports"][0]) == 18000
     assert container_port(moved["api"]["ports"][0]) == api_port
 

@@ -5,36 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Service, ServiceFactory
-from tests.support import IMAGE_JOB, LiveServer, eventually
-
-
-class Receiver:
-    """A client's webhook endpoint on loopback that fails its first `failures` calls."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.calls: list[tuple[dict[str, str], bytes]] = []
-        self.app = FastAPI()
-
-        @self.app.post("/hook")
-        async def hook(request: Request) -> Response:
-            self.calls.append((dict(request.headers), await request.body()))
-            if len(self.calls) <= self.failures:
-                return Response(status_code=500)
-            return Response(status_code=204)
-
-
-@pytest.fixture
-async def receiver() -> Any:
-    hook = Receiver(failures=2)
-    server = await LiveServer().start(hook.app)
-    hook.url = f"{server.url}/hook"  # type: ignore[attr-defined]
-    yield hook
-    await server.stop()
+from tests.support import IMAGE_JOB, eventually
 
 
 async def secret_of(service: Service) -> str:

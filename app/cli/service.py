@@ -286,29 +286,42 @@ def prune(
         int, typer.Option(min=1, max=100_000, help="Rows per transaction.")
     ] = 1000,
 ) -> None:
-    """Delete old job events (and with --jobs, old finished jobs) in small batches.
+    """Delete old job events (and with --jobs, old finished jobs with their archived
+    output files) in small batches.
 
     Also deletes idempotency keys past IDEMPOTENCY_TTL_SECONDS and spent rate-limit
     windows. Safe to run while the service is up, e.g. daily from cron.
     """
+    from app.archive.storage import open_storage
     from app.ops.prune import prune as run_prune
 
     settings = operator_settings()
     ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+
+    async def work(db: Any) -> Any:
+        storage = open_storage(settings)
+        try:
+            return await run_prune(
+                db,
+                older_than=older_than,
+                idempotency_ttl=ttl,
+                jobs=jobs,
+                batch_size=batch_size,
+                storage=storage,
+            )
+        finally:
+            await storage.aclose()
+
     try:
-        result = with_db(
-            lambda db: run_prune(
-                db, older_than=older_than, idempotency_ttl=ttl, jobs=jobs, batch_size=batch_size
-            ),
-            settings,
-        )
+        result = with_db(work, settings)
     except Exception as exc:
         fail(f"prune failed: {one_line(exc)}", EXIT_FAILED)
     from app.timeutil import isoformat_z
 
     out.print(
         f"pruned before {isoformat_z(result.cutoff)}: {result.events} events, "
-        f"{result.jobs} jobs, {result.idempotency_keys} expired idempotency keys, "
+        f"{result.jobs} jobs ({result.output_files} output files), "
+        f"{result.idempotency_keys} expired idempotency keys, "
         f"{result.rate_limit_windows} rate-limit windows ({result.batches} batches)",
         highlight=False,
     )

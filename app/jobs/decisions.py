@@ -10,9 +10,15 @@ from datetime import datetime, timedelta
 
 from app.backoff import Backoff
 from app.config import Settings
-from app.jobs.models import Job, JobError, JobOutput
+from app.jobs.models import Job, JobError, provider_output
 from app.jobs.repository import JobPatch, StatusChange
-from app.jobs.states import JobStatus, can_transition, from_provider, provider_rank
+from app.jobs.states import (
+    ArchiveStatus,
+    JobStatus,
+    can_transition,
+    from_provider,
+    provider_rank,
+)
 from app.provider.schemas import TaskStatus
 
 DEADLINE_EXCEEDED = JobError(
@@ -30,6 +36,8 @@ class Policy:
     deadline: timedelta
     uncertain_grace: timedelta
     submit_max_attempts: int
+    # A job that succeeds has its outputs archived (ARCHIVE_ENABLED).
+    archive_outputs: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -39,6 +47,7 @@ class Policy:
             deadline=timedelta(seconds=settings.job_deadline_seconds),
             uncertain_grace=timedelta(seconds=settings.uncertain_submit_grace_seconds),
             submit_max_attempts=settings.submit_max_attempts,
+            archive_outputs=settings.archive_enabled,
         )
 
     def deadline_of(self, submitted_at: datetime) -> datetime:
@@ -95,7 +104,7 @@ def confirm(policy: Policy, job: Job, status: TaskStatus, now: datetime) -> Stat
     loaded: the status to move to (the current one, or an earlier one: then nothing
     moves), the columns to set, and when the job is next looked at if it does not end."""
     target = from_provider(status.status)
-    outputs = [JobOutput(url=file.file_url, type=file.file_type) for file in status.files or []]
+    outputs = [provider_output(file.file_url, file.file_type) for file in status.files or []]
     if target is JobStatus.SUCCEEDED and not outputs:
         target = JobStatus.RUNNING  # finished without files yet: look again later
     patch = JobPatch(poll_attempts=0, checked_at=now)
@@ -121,6 +130,8 @@ def confirm(policy: Policy, job: Job, status: TaskStatus, now: datetime) -> Stat
         visible["progress"] = status.progress
     if target is JobStatus.SUCCEEDED:
         visible.update(JobPatch(outputs=outputs, progress=100))
+        if policy.archive_outputs:
+            patch.update(JobPatch(archive_status=ArchiveStatus.PENDING, archive_due_at=now))
     if target is JobStatus.FAILED:
         message = status.error_message or "the provider reported a failure"
         visible["error"] = JobError(

@@ -30,6 +30,12 @@ class EventType(StrEnum):
     WEBHOOK_DELIVERED = "webhook.delivered"
     WEBHOOK_FAILED = "webhook.failed"
     WEBHOOK_ABANDONED = "webhook.abandoned"
+    # Keeping the outputs of a succeeded job (app/archive): each file kept, an attempt that
+    # failed (retried), the last one (given up), and a backfill that asked again.
+    OUTPUT_ARCHIVED = "output.archived"
+    ARCHIVE_FAILED = "archive.failed"
+    ARCHIVE_ABANDONED = "archive.abandoned"
+    ARCHIVE_REQUESTED = "archive.requested"
 
 
 @dataclass(frozen=True, slots=True)

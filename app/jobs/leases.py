@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,13 +23,20 @@ from app.jobs.states import JobStatus
 
 @dataclass(frozen=True)
 class Queue:
-    """Due jobs in these statuses; with `overdue_after`, only those submitted longer ago."""
+    """Due jobs in these statuses; with `overdue_after`, only those submitted longer ago.
+    A job is due when its `due_at` column (`next_check_at`, or the archive's own) has come."""
 
     statuses: tuple[JobStatus, ...]
     overdue_after: timedelta | None = None
+    due_at: Literal["next_check_at", "archive_due_at"] = "next_check_at"
+
+    @property
+    def due_column(self) -> ColumnElement[datetime]:
+        column: ColumnElement[datetime] = Job.__table__.c[self.due_at]
+        return column
 
     def due(self, now: datetime) -> list[ColumnElement[bool]]:
-        conditions = [Job.next_check_at <= now, Job.status.in_(self.statuses)]
+        conditions = [self.due_column <= now, Job.status.in_(self.statuses)]
         if self.overdue_after is not None:
             conditions.append(Job.submitted_at <= now - self.overdue_after)
         return conditions
@@ -51,7 +59,7 @@ async def claim(
     candidates = (
         select(Job.id)
         .where(*queue.due(now), _lease_free(now))
-        .order_by(Job.next_check_at)
+        .order_by(queue.due_column)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -73,9 +81,17 @@ async def release(conn: AsyncConnection, *, owner: str, job_ids: Iterable[str]) 
     )
 
 
+async def extend(conn: AsyncConnection, *, owner: str, job_id: str, until: datetime) -> bool:
+    """Keep holding a lease for long work (an archive download); False once it was lost."""
+    result = await conn.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(lease_expires_at=until)
+    )
+    return bool(result.rowcount == 1)
+
+
 async def depth(conn: AsyncConnection, queue: Queue, now: datetime) -> tuple[int, datetime | None]:
     """How many jobs of `queue` are due, and since when the oldest of them is."""
     row = (
-        await conn.execute(select(func.count(), func.min(Job.next_check_at)).where(*queue.due(now)))
+        await conn.execute(select(func.count(), func.min(queue.due_column)).where(*queue.due(now)))
     ).one()
     return int(row[0]), row[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -19,16 +20,51 @@ from typing_extensions import TypedDict
 
 from app.db import Base
 from app.db_types import JSONType, UTCDateTime, str_enum
-from app.jobs.states import JobStatus
+from app.jobs.states import ArchiveStatus, JobStatus
 from app.provider.schemas import ProviderStatus
 
 
 class JobOutput(TypedDict):
-    """One file the job produced: where to fetch it, and PoYo's `file_type` as given
-    (video, image, audio, media, 3d, … an open set; null when PoYo gave none)."""
+    """One file the job produced. `type` is PoYo's `file_type` as given (video, image,
+    audio, media, 3d, … an open set; null when PoYo gave none). `url` is poyo-relay's own
+    stable URL once the file is archived (`archived_at` set), PoYo's `provider_url` before;
+    the rest describes the archived copy (null until then, and for jobs stored before
+    archiving existed, whose outputs held only `url` and `type`)."""
 
     url: str
     type: str | None
+    provider_url: str
+    content_type: str | None
+    size_bytes: int | None
+    sha256: str | None
+    archived_at: str | None
+    width: int | None
+    height: int | None
+    duration_seconds: float | None
+
+
+def provider_output(url: str, file_type: str | None) -> JobOutput:
+    """An output as PoYo announced it, before it is archived."""
+    return JobOutput(
+        url=url,
+        type=file_type,
+        provider_url=url,
+        content_type=None,
+        size_bytes=None,
+        sha256=None,
+        archived_at=None,
+        width=None,
+        height=None,
+        duration_seconds=None,
+    )
+
+
+def read_output(stored: Mapping[str, Any]) -> JobOutput:
+    """An output as stored, in today's shape (rows written before archiving existed hold
+    only `url` and `type`: their url is PoYo's)."""
+    if "provider_url" in stored:
+        return stored  # type: ignore[return-value]
+    return provider_output(stored["url"], stored.get("type"))
 
 
 class JobError(TypedDict):
@@ -78,6 +114,11 @@ class Job(Base):
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the provider was last asked about this job (a status poll, answered or not).
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Keeping a succeeded job's outputs (app/archive): null when there is nothing to keep.
+    archive_status: Mapped[ArchiveStatus | None] = mapped_column(str_enum(ArchiveStatus, 16))
+    archive_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    archive_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archive_error: Mapped[str | None] = mapped_column(String(500))
 
     __table_args__ = (
         Index("ix_jobs_owner_id", "owner", "id"),
@@ -90,6 +131,12 @@ class Job(Base):
             "next_check_at",
             postgresql_where=text("next_check_at IS NOT NULL"),
             sqlite_where=text("next_check_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_archive_due",
+            "archive_due_at",
+            postgresql_where=text("archive_due_at IS NOT NULL"),
+            sqlite_where=text("archive_due_at IS NOT NULL"),
         ),
     )
 

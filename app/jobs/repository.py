@@ -40,7 +40,7 @@ from app.db import row_values
 from app.db_types import JSONType, UTCDateTime
 from app.jobs.events import EventType, NewEvent
 from app.jobs.models import IdempotencyKey, Job, JobError, JobEvent, JobOutput
-from app.jobs.states import ACTIVE, IN_FLIGHT, JobStatus, is_terminal, sources_of
+from app.jobs.states import ACTIVE, IN_FLIGHT, ArchiveStatus, JobStatus, is_terminal, sources_of
 from app.metrics import JOB_DURATION, JOBS_FINISHED
 from app.provider.schemas import ProviderStatus
 
@@ -67,6 +67,10 @@ class JobPatch(TypedDict, total=False):
     webhook_attempts: int
     updated_at: datetime
     next_check_at: datetime | None
+    archive_status: ArchiveStatus | None
+    archive_attempts: int
+    archive_due_at: datetime | None
+    archive_error: str | None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,21 @@ async def claimed_task(session: AsyncSession, job_id: str) -> str | None:
     data = (await session.execute(query)).scalar_one_or_none()
     task_id = data.get("task_id") if isinstance(data, dict) else None
     return task_id if isinstance(task_id, str) else None
+
+
+async def archived_jobs(
+    session: AsyncSession, *, after: str, since: datetime | None, limit: int
+) -> list[Job]:
+    """Jobs with archived outputs, in id order after `after` (a keyset page)."""
+    query = (
+        select(Job)
+        .where(Job.id > after, Job.archive_status.is_not(None))
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(Job.completed_at >= since)
+    return list((await session.scalars(query)).all())
 
 
 async def idempotency_key(session: AsyncSession, owner: str, key: str) -> IdempotencyKey | None:
@@ -176,11 +195,13 @@ async def _change_status(
     values: dict[str, Any] = {**change.patch, "status": target, "updated_at": now}
     values |= LEASE_RETURNED
     if is_terminal(target):
-        # The job ends: no more checks, but its webhook (if any) is due now.
+        # The job ends: no more checks, but its webhook (if any) is due now, or, when its
+        # outputs are to be archived first, once the first archive attempt is over.
+        archiving = change.patch.get("archive_status") is ArchiveStatus.PENDING
         values |= {
             "completed_at": now,
             "submit_started_at": None,
-            "next_check_at": now if job.webhook_url else None,
+            "next_check_at": now if job.webhook_url and not archiving else None,
         }
     else:
         values["next_check_at"] = _due(job, change.next_check, now)
@@ -303,6 +324,40 @@ async def request_check(
         .values(next_check_at=now)
     )
     return bool(result.rowcount == 1)
+
+
+async def request_archive(
+    conn: AsyncConnection, *, since: datetime | None, now: datetime, limit: int
+) -> list[str]:
+    """Make up to `limit` succeeded jobs whose outputs are not archived (never tried, or
+    given up on) due for archiving now, with fresh attempts; their ids."""
+    candidates = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.SUCCEEDED,
+            Job.outputs.is_not(None),
+            or_(Job.archive_status.is_(None), Job.archive_status == ArchiveStatus.FAILED),
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    if since is not None:
+        candidates = candidates.where(Job.completed_at >= since)
+    result = await conn.execute(
+        update(Job)
+        .where(Job.id.in_(candidates.scalar_subquery()))
+        .values(
+            archive_status=ArchiveStatus.PENDING,
+            archive_attempts=0,
+            archive_due_at=now,
+            archive_error=None,
+        )
+        .returning(Job.id)
+    )
+    job_ids = list(result.scalars())
+    requested = NewEvent(EventType.ARCHIVE_REQUESTED, {"reason": "backfill"})
+    await add_many_events(conn, [(job_id, requested) for job_id in job_ids], now)
+    return job_ids
 
 
 # ---- callbacks ----------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from app.jobs.models import EventRecord, JobError, JobOutput, JobRecord
-from app.jobs.states import JobStatus
+from app.jobs.models import EventRecord, JobError, JobOutput, JobRecord, read_output
+from app.jobs.states import ArchiveStatus, JobStatus
 from app.timeutil import isoformat_z
 from app.urls import MAX_URL_CHARS, HttpUrl
 
@@ -110,13 +110,37 @@ JOB_EXAMPLE: dict[str, JsonValue] = {
         "status": "finished",
     },
     "progress": 100,
-    "outputs": [{"url": "https://cdn.example.com/out.mp4", "type": "video"}],
+    "outputs": [
+        {
+            "url": "https://relay.example.com/v1/jobs/job_01jcz3q9m4b8x2v7k5n0r6t1yw/outputs/0",
+            "type": "video",
+            "provider_url": "https://cdn.example.com/out.mp4",
+            "content_type": "video/mp4",
+            "size_bytes": 1843200,
+            "sha256": "9f2c5e0b8d4a7c1e3f6b0a9d2c5e8f1b4a7d0c3e6f9b2a5d8c1e4f7a0b3d6c9e",
+            "archived_at": "2025-11-12T10:32:12.000Z",
+            "width": None,
+            "height": None,
+            "duration_seconds": 5.042,
+        }
+    ],
+    "archive": {"status": "archived", "attempts": 1, "error": None},
     "error": None,
     "created_at": "2025-11-12T10:30:00.000Z",
     "updated_at": "2025-11-12T10:32:10.000Z",
     "submitted_at": "2025-11-12T10:30:00.120Z",
     "completed_at": "2025-11-12T10:32:10.000Z",
 }
+
+
+class ArchiveInfo(TypedDict):
+    """Keeping the outputs of a succeeded job: `pending` (due, or retrying after `error`),
+    `archived`, or `failed` (given up after ARCHIVE_MAX_ATTEMPTS; `archive backfill` tries
+    again). The job's `status` never depends on it."""
+
+    status: ArchiveStatus
+    attempts: int
+    error: str | None
 
 
 class ProviderInfo(TypedDict):
@@ -138,6 +162,7 @@ class JobOut(TypedDict):
     provider: ProviderInfo
     progress: Annotated[int, Field(ge=0, le=100)]
     outputs: list[JobOutput]
+    archive: ArchiveInfo | None
     error: JobError | None
     created_at: Timestamp
     updated_at: Timestamp
@@ -181,12 +206,23 @@ def job_to_dict(job: JobRecord) -> JobOut:
             "status": job.provider_status,
         },
         "progress": job.progress or 0,
-        "outputs": job.outputs or [],
+        "outputs": [read_output(output) for output in job.outputs] if job.outputs else [],
+        "archive": _archive_info(job),
         "error": job.error,
         "created_at": isoformat_z(job.created_at),
         "updated_at": isoformat_z(job.updated_at),
         "submitted_at": isoformat_z(job.submitted_at),
         "completed_at": isoformat_z(job.completed_at),
+    }
+
+
+def _archive_info(job: JobRecord) -> ArchiveInfo | None:
+    if job.archive_status is None:
+        return None
+    return {
+        "status": job.archive_status,
+        "attempts": job.archive_attempts,
+        "error": job.archive_error,
     }
 
 

@@ -63,3 +63,12 @@ def from_provider(status: ProviderStatus) -> JobStatus:
 def provider_rank(status: ProviderStatus) -> int:
     """How far along a provider status is; callbacks reporting less than seen are stale."""
     return _RANK[_FROM_PROVIDER[status]]
+
+
+class ArchiveStatus(StrEnum):
+    """Where keeping a succeeded job's outputs stands (app/archive): due, done, or given
+    up after ARCHIVE_MAX_ATTEMPTS. A job's own status never depends on it."""
+
+    PENDING = "pending"
+    ARCHIVED = "archived"
+    FAILED = "failed"

@@ -9,6 +9,10 @@ What goes:
 - events older than the cutoff, of jobs that have ended (a live job keeps its trail);
 - with `jobs=True`: jobs that ended before the cutoff, with their events and idempotency
   keys (a job that a worker holds a lease on, e.g. to deliver its webhook, stays);
+- with them, their archived output files (deleted once the rows are gone: a crash in
+  between leaves files without a job, never a job without its files);
+- with a storage, downloads abandoned in its scratch directory over an hour ago (by a
+  process killed mid-download);
 - always: idempotency keys past their retention (IDEMPOTENCY_TTL_SECONDS; an older key
   is never honoured anyway) and spent rate-limit windows.
 """
@@ -21,9 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import anyio
 import structlog
 from sqlalchemy import Delete, delete, or_, select, tuple_
 
+from app.archive.rules import job_prefix
+from app.archive.storage import Storage, sweep_scratch
 from app.auth.models import RateLimitWindow
 from app.auth.ratelimit import WINDOW_SECONDS
 from app.db import Database
@@ -37,6 +44,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_BATCH_SIZE = 1000
 # A job carries a handful of events (a dozen is typical), so a batch of jobs is smaller.
 JOBS_PER_EVENT_BATCH = 10
+SCRATCH_MAX_AGE_SECONDS = 3600
 
 _ENDED = [status.value for status in TERMINAL]
 
@@ -50,6 +58,8 @@ class PruneResult:
     jobs: int = 0
     idempotency_keys: int = 0
     rate_limit_windows: int = 0
+    output_files: int = 0
+    scratch_files: int = 0
     batches: int = 0
 
 
@@ -61,6 +71,7 @@ async def prune(
     jobs: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     now: datetime | None = None,
+    storage: Storage | None = None,
 ) -> PruneResult:
     """Delete what the retention policy no longer keeps, one short transaction per batch."""
     if older_than <= timedelta(0):
@@ -70,8 +81,12 @@ async def prune(
     now = now or utcnow()
     result = PruneResult(cutoff=now - older_than)
     if jobs:
-        await _prune_jobs(db, result, now, max(1, batch_size // JOBS_PER_EVENT_BATCH))
+        await _prune_jobs(db, result, now, max(1, batch_size // JOBS_PER_EVENT_BATCH), storage)
     await _prune_events(db, result, batch_size)
+    if storage is not None:
+        result.scratch_files = await anyio.to_thread.run_sync(
+            sweep_scratch, storage.scratch, SCRATCH_MAX_AGE_SECONDS
+        )
     result.idempotency_keys = await _in_batches(
         db, result, lambda: _expired_keys(now - idempotency_ttl, batch_size), batch_size
     )
@@ -86,6 +101,8 @@ async def prune(
         jobs=result.jobs,
         idempotency_keys=result.idempotency_keys,
         rate_limit_windows=result.rate_limit_windows,
+        output_files=result.output_files,
+        scratch_files=result.scratch_files,
         batches=result.batches,
     )
     return result
@@ -119,7 +136,9 @@ async def _prune_events(db: Database, result: PruneResult, batch_size: int) -> N
     result.events += await _in_batches(db, result, statement, batch_size)
 
 
-async def _prune_jobs(db: Database, result: PruneResult, now: datetime, batch_size: int) -> None:
+async def _prune_jobs(
+    db: Database, result: PruneResult, now: datetime, batch_size: int, storage: Storage | None
+) -> None:
     # Job ids are time-ordered (app/ids.py): `id < bound` is a range scan of the
     # (status, id) index however long the history is.
     bound = first_job_id_at(result.cutoff)
@@ -144,6 +163,9 @@ async def _prune_jobs(db: Database, result: PruneResult, now: datetime, batch_si
                 removed = await conn.execute(delete(Job).where(Job.id.in_(job_ids)))
                 result.events += events.rowcount
                 result.jobs += removed.rowcount
+        if storage is not None:
+            for job_id in job_ids:
+                result.output_files += await storage.delete_prefix(job_prefix(job_id))
         result.batches += 1
         if len(job_ids) < batch_size:
             return

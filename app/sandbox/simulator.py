@@ -38,7 +38,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.catalog.document import Document, load_snapshot
@@ -81,6 +81,18 @@ class Faults(BaseModel):
     webhook_secret: str | None = Field(default=None, max_length=256)
     # Off: a repeated Idempotency-Key starts a second task (a PoYo that does not dedupe).
     honour_idempotency_keys: bool = True
+    # The output file server: files expire this long after their task finished (PoYo's
+    # "may expire"; null: never), and faults of its own (a 500, a body cut off mid-way,
+    # an HTML page for the file, an answer that takes `slow_seconds`, a body sent without
+    # Content-Length).
+    file_ttl_seconds: float | None = Field(default=None, ge=0, le=30 * 86_400)
+    file_error_rate: float = Field(default=0, ge=0, le=1)
+    file_reset_rate: float = Field(default=0, ge=0, le=1)
+    file_wrong_type_rate: float = Field(default=0, ge=0, le=1)
+    file_slow_rate: float = Field(default=0, ge=0, le=1)
+    file_unsized_rate: float = Field(default=0, ge=0, le=1)
+    # A pause between the 4 KiB pieces of a body sent without Content-Length (a trickle).
+    file_chunk_delay_seconds: float = Field(default=0, ge=0, le=60)
     seed: int | None = None
 
 
@@ -97,6 +109,10 @@ class SimTask:
     run_seconds: float
     fails: bool
     callbacks_sent: int = 0
+
+    @property
+    def finished_at(self) -> float:
+        return self.created + self.queue_seconds + self.run_seconds
 
     @property
     def job_id(self) -> str | None:
@@ -169,17 +185,40 @@ def _poyo_error(status: int, message: str, kind: str = "invalid_request_error") 
 
 
 class _Reset(Response):
-    """Announces a body it never sends: the client sees the connection break mid-answer."""
+    """Announces a body it never sends whole: the client sees the connection break
+    mid-answer."""
+
+    def __init__(
+        self, start: bytes = b'{"code": 200, "da', size: int = 1000, kind: str = "application/json"
+    ) -> None:
+        super().__init__()
+        self.start, self.size, self.kind = start, size, kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"code": 200, "da', "more_body": False})
+        headers = [(b"content-type", self.kind.encode()), (b"content-length", b"%d" % self.size)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.start, "more_body": False})
+
+
+async def _file_fault(state: SimulatorState, content: bytes, kind: Kind) -> Response | None:
+    faults = state.faults
+    if state.roll(faults.file_slow_rate, "file.slow"):
+        await asyncio.sleep(faults.slow_seconds)
+    if state.roll(faults.file_error_rate, "file.server_error"):
+        return _poyo_error(500, "internal error (simulated)", "server_error")
+    if state.roll(faults.file_reset_rate, "file.reset"):
+        return _Reset(content[: len(content) // 2], len(content), kind.media_type)
+    if state.roll(faults.file_wrong_type_rate, "file.wrong_type"):
+        return Response(b"<html>404 Not Found</html>", 200, media_type="text/html")
+    if state.roll(faults.file_unsized_rate, "file.unsized"):
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(content), 4096):
+                yield content[start : start + 4096]
+                await asyncio.sleep(faults.file_chunk_delay_seconds)
+
+        return StreamingResponse(chunks(), media_type=kind.media_type)
+    return None
 
 
 async def _fault_response(state: SimulatorState, endpoint: str) -> Response | None:
@@ -380,9 +419,13 @@ def create_simulator(
         kind = KINDS.get(extension)
         if task is None or kind is None or not index.isdigit() or int(index) >= len(task.files):
             return _poyo_error(404, "file not found", "not_found_error")
+        ttl = state.faults.file_ttl_seconds
+        if ttl is not None and asyncio.get_running_loop().time() > task.finished_at + ttl:
+            return _poyo_error(404, "file expired", "not_found_error")
         seed = zlib.crc32(f"{task_id}/{index}".encode())
         content = media.render(kind, seed, _spoken(task.input))
-        return Response(content, media_type=kind.media_type)
+        fault = await _file_fault(state, content, kind)
+        return fault or Response(content, media_type=kind.media_type)
 
     @app.get("/v1/catalog/models")
     async def catalog_models(

@@ -13,7 +13,7 @@ from app.auth.service import authenticate
 from app.errors import Unauthorized
 from app.runtime import Runtime
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay keys create`.")
+bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay keys create`.")
 
 MAX_TOKEN_CHARS = 256
 
@@ -29,7 +29,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 async def get_caller(
     runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
@@ -63,7 +63,7 @@ async def authentication_failure(request: Request) -> Unauthorized | None:
     if not isinstance(dependant, Dependant) or not _needs_key(dependant):
         return None
     try:
-        await get_caller(await get_runtime(request), await _bearer(request))
+        await get_caller(await get_runtime(request), await bearer(request))
     except Unauthorized as exc:
         return exc
     return None
