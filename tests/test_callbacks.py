@@ -16,6 +16,7 @@ import httpx
 import orjson
 from starlette.responses import Response
 
+from app.jobs.models import provider_output
 from tests.conftest import Service, Simulator
 from tests.stand_in import Call, ProviderStandIn
 from tests.support import IMAGE_JOB, eventually
@@ -120,7 +121,7 @@ async def test_wrong_credential_is_401_unknown_job_is_404(
     # The control: the right credential is heard, and the provider is asked.
     assert (await send(relay, job["id"], body)).status_code == 200
     done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
-    assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
+    assert done["outputs"] == [provider_output(LEGIT[0]["file_url"], "video")]
 
     # A valid credential for a job that does not exist: 404, whatever the body.
     missing = "job_01jcz3q9m4b8x2v7k5n0r6t1yw"
@@ -265,7 +266,7 @@ async def test_wrapped_and_flat_callbacks_are_confirmed_with_the_status_endpoint
 
         done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"})
         assert done["status"] == "succeeded", form
-        assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
+        assert done["outputs"] == [provider_output(LEGIT[0]["file_url"], "video")]
         assert done["progress"] == 100
         assert done["completed_at"] is not None
         assert done["provider"]["status"] == "finished"
@@ -526,7 +527,7 @@ async def test_genuine_callback_after_an_unconfirmed_claim_still_completes_the_j
     genuine = await send(relay, job["id"], wrap(view(task_id, "finished", LEGIT)))
     assert genuine.status_code == 200
     done = await relay.client.wait_for_status(job["id"], {"succeeded", "failed"}, seconds=5)
-    assert done["outputs"] == [{"url": LEGIT[0]["file_url"], "type": "video"}]
+    assert done["outputs"] == [provider_output(LEGIT[0]["file_url"], "video")]
 
 
 # ---- the simulator: a provider we did not write for these tests -------------------------------

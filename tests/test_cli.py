@@ -371,8 +371,9 @@ async def test_prune_command(database_url: str, tmp_path: Path) -> None:
 
         events_only = await run_cli("prune", "--older-than", "90d", env=env, cwd=tmp_path)
         assert events_only.code == 0, events_only
-        assert "12 events, 0 jobs, 2 expired idempotency keys, 1 rate-limit windows" in (
-            events_only.stdout
+        assert (
+            "12 events, 0 jobs (0 output files), 2 expired idempotency keys, 1 rate-limit windows"
+            in (events_only.stdout)
         )
 
         with_jobs = await run_cli(

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from typing_extensions import TypedDict
@@ -22,7 +21,6 @@ from app.archive.rules import (
     storage_key,
 )
 from app.archive.service import ArchiveService
-from app.auth.models import Caller
 from app.errors import (
     Forbidden,
     InvalidRequest,
@@ -34,7 +32,7 @@ from app.jobs import queries
 from app.jobs.models import JobOutput, JobRecord
 from app.jobs.schemas import JOB_ID_PATTERN
 from app.timeutil import isoformat_z
-from app.web.deps import CallerDep, RuntimeDep, bearer, get_caller
+from app.web.deps import CallerDep, OutputReaderDep, RuntimeDep
 from app.web.errors import error_responses
 from app.web.responses import json_response
 
@@ -97,8 +95,8 @@ async def get_output(
     job_id: str,
     index: OutputIndex,
     runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    expires: Annotated[int | None, Query(ge=0, lt=2**40, description="signed link")] = None,
+    caller: OutputReaderDep,
+    expires: Annotated[int | None, Query(ge=0, lt=10**12, description="signed link")] = None,
     sig: Annotated[str | None, Query(max_length=64, description="signed link")] = None,
     range_header: Annotated[str | None, Header(alias="Range", max_length=200)] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match", max_length=512)] = None,
@@ -107,16 +105,6 @@ async def get_output(
     """Stream an archived output, or redirect to PoYo's URL while it is not archived.
     Authenticate with an API key, or open a signed link (`?expires=…&sig=…`) without one."""
     archive = runtime.archive
-    if expires is not None or sig is not None:
-        if (
-            expires is None
-            or sig is None
-            or not archive.links.verify(job_id, index, expires, sig, time.time())
-        ):
-            raise Forbidden("this link is invalid or has expired")
-        caller = Caller(owner="", is_admin=True)  # the link names one output of one job
-    else:
-        caller = await get_caller(runtime, credentials)
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
     output = _output(archive, job, index)
     if output["archived_at"] is None or output["sha256"] is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -10,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import Caller
 from app.auth.service import authenticate
-from app.errors import Unauthorized
+from app.errors import AppError, Forbidden, Unauthorized
 from app.runtime import Runtime
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay keys create`.")
@@ -43,14 +44,39 @@ async def get_caller(
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
+async def get_output_reader(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """Who may read an output: the API key's caller, or, with a signed link
+    (`?expires=…&sig=…`), anyone, for the one output of the one job the link names."""
+    query = request.query_params
+    if "sig" not in query and "expires" not in query:
+        return await get_caller(runtime, credentials)
+    job_id = str(request.path_params.get("job_id", ""))
+    index, expires = str(request.path_params.get("index", "")), query.get("expires", "")
+    signature = query.get("sig", "")
+    if not (index.isdigit() and expires.isdigit() and len(expires) <= MAX_EXPIRES_DIGITS):
+        raise Forbidden("this link is invalid or has expired")
+    links = runtime.archive.links
+    if not links.verify(job_id, int(index), int(expires), signature, time.time()):
+        raise Forbidden("this link is invalid or has expired")
+    return Caller(owner="", is_admin=True)  # the link names one output of one job
+
+
+OutputReaderDep = Annotated[Caller, Depends(get_output_reader)]
+MAX_EXPIRES_DIGITS = 12
+
+
 def _needs_key(dependant: Dependant) -> bool:
     return any(
-        dependency.call is get_caller or _needs_key(dependency)
+        dependency.call in (get_caller, get_output_reader) or _needs_key(dependency)
         for dependency in dependant.dependencies
     )
 
 
-async def authentication_failure(request: Request) -> Unauthorized | None:
+async def authentication_failure(request: Request) -> AppError | None:
     """The 401 owed to a request refused before its dependencies ran, if any.
 
     FastAPI reads and parses a JSON body before it resolves dependencies, so a request
@@ -63,7 +89,7 @@ async def authentication_failure(request: Request) -> Unauthorized | None:
     if not isinstance(dependant, Dependant) or not _needs_key(dependant):
         return None
     try:
-        await get_caller(await get_runtime(request), await bearer(request))
-    except Unauthorized as exc:
+        await get_output_reader(request, await get_runtime(request), await bearer(request))
+    except (Unauthorized, Forbidden) as exc:
         return exc
     return None
