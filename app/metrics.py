@@ -90,3 +90,9 @@ ARCHIVE_JOBS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+
+# Every outcome shows (as 0) before it first happens.
+for _outcome in ("archived", "failed"):
+    ARCHIVE_OUTPUTS.labels(_outcome)
+for _result in ("archived", "retrying", "abandoned"):
+    ARCHIVE_JOBS.labels(_result)

@@ -42,8 +42,8 @@ JOB_KEYS = {
     "submitted_at",
     "completed_at",
 }
-# The contract's keys, plus the optional client webhook the request may carry.
-ALLOWED_EXTRA_KEYS = {"webhook_url"}
+# The contract's keys, plus the optional client webhook and the outputs' archive state.
+ALLOWED_EXTRA_KEYS = {"webhook_url", "archive"}
 
 
 def parse_z(value: str) -> datetime:

@@ -87,6 +87,8 @@ async def test_announced_oversized_bodies_are_413_on_every_endpoint(service: Ser
     operations = await _operations(service, job["id"])
     assert len(operations) >= 9
     for method, path in operations:
+        if method == "HEAD":
+            continue  # its answer, the same as GET's, comes without the body read here
         limit = CALLBACK_LIMIT if path.startswith("/v1/callbacks/") else API_LIMIT
         for auth in (client.headers(), {}):
             headers = {**auth, "Content-Type": "application/json", "Content-Length": str(limit + 1)}
