@@ -10,6 +10,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def assume_utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone (as typed by a person) read as UTC; others as they are."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
 @overload
 def isoformat_z(value: datetime) -> str: ...
 @overload

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 MAX_ERROR_CHARS = 500
 BACKFILL_BATCH = 500
+VERIFY_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,9 @@ class ArchiveService:
         after = ""
         while limit is None or report.checked < limit:
             async with self.db.read() as session:
-                jobs = await repo.archived_jobs(session, after=after, since=since, limit=100)
+                jobs = await repo.archived_jobs(
+                    session, after=after, since=since, limit=VERIFY_PAGE
+                )
             for job in jobs:
                 for index, output in enumerate(read_output(o) for o in job.outputs or []):
                     if output["archived_at"] is None or output["sha256"] is None:
@@ -243,7 +246,7 @@ class ArchiveService:
                     report.checked += 1
                     if problem:
                         report.problems.append(Mismatch(job.id, index, problem))
-            if len(jobs) < 100:
+            if len(jobs) < VERIFY_PAGE:
                 return report
             after = jobs[-1].id
         return report

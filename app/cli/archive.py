@@ -4,17 +4,21 @@ up on); `verify` re-reads stored files and reports any that differ from their re
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from app.cli.base import EXIT_FAILED, cli, fail, one_line, operator_settings, out, with_db
+from app.timeutil import assume_utc
 
 if TYPE_CHECKING:
-    from app.archive.service import ArchiveService, VerifyReport
+    from app.archive.service import ArchiveService
     from app.config import Settings
     from app.db import Database
+
+T = TypeVar("T")
 
 archive_cli = typer.Typer(help="Archived outputs: backfill and verify.", no_args_is_help=True)
 cli.add_typer(archive_cli, name="archive")
@@ -28,17 +32,25 @@ SinceOption = Annotated[
 ]
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
-async def _service(db: Database, settings: Settings) -> ArchiveService:
+def _with_archive(
+    settings: Settings, use: Callable[[ArchiveService], Awaitable[T]], what: str
+) -> T:
+    """Run `use` with the archive service on the configured database and storage, both
+    closed afterwards; a failure exits 1 with one line saying `what` failed."""
     from app.keyring.service import load_server_key
     from app.runtime import archive_service
 
-    return archive_service(settings, db, await load_server_key(settings, db))
+    async def work(db: Database) -> T:
+        archive = archive_service(settings, db, await load_server_key(settings, db))
+        try:
+            return await use(archive)
+        finally:
+            await archive.aclose()
+
+    try:
+        return with_db(work, settings)
+    except Exception as exc:
+        fail(f"{what} failed: {one_line(exc)}", EXIT_FAILED)
 
 
 @archive_cli.command("backfill")
@@ -48,17 +60,9 @@ def backfill(since: SinceOption = None) -> None:
     if not settings.archive_enabled:
         fail("archiving is off (ARCHIVE_ENABLED=false)", EXIT_FAILED)
 
-    async def work(db: Database) -> int:
-        archive = await _service(db, settings)
-        try:
-            return await archive.backfill(since=_utc(since))
-        finally:
-            await archive.aclose()
-
-    try:
-        count = with_db(work, settings)
-    except Exception as exc:
-        fail(f"backfill failed: {one_line(exc)}", EXIT_FAILED)
+    count = _with_archive(
+        settings, lambda archive: archive.backfill(since=assume_utc(since)), "backfill"
+    )
     out.print(f"{count} jobs due for archiving; the worker archives them", highlight=False)
 
 
@@ -73,17 +77,9 @@ def verify(
     """
     settings = operator_settings()
 
-    async def work(db: Database) -> VerifyReport:
-        archive = await _service(db, settings)
-        try:
-            return await archive.verify(since=_utc(since), limit=limit)
-        finally:
-            await archive.aclose()
-
-    try:
-        report = with_db(work, settings)
-    except Exception as exc:
-        fail(f"verify failed: {one_line(exc)}", EXIT_FAILED)
+    report = _with_archive(
+        settings, lambda archive: archive.verify(since=assume_utc(since), limit=limit), "verify"
+    )
     for problem in report.problems:
         out.print(f"{problem.job_id} output {problem.index}: {problem.problem}", highlight=False)
     out.print(f"{report.checked} files checked, {len(report.problems)} problems", highlight=False)

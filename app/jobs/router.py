@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -27,6 +27,7 @@ from app.jobs.schemas import (
     job_to_dict,
 )
 from app.jobs.states import JobStatus
+from app.timeutil import assume_utc
 from app.web.deps import CallerDep, RuntimeDep
 from app.web.errors import error_responses
 from app.web.responses import json_response
@@ -43,12 +44,6 @@ IdempotencyKeyHeader = Annotated[
         description="Retries with the same key and body within 24 h return the original job.",
     ),
 ]
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 @router.post(
@@ -90,7 +85,9 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
-    filters = queries.JobFilter(status, model, _utc(created_after), _utc(created_before))
+    filters = queries.JobFilter(
+        status, model, assume_utc(created_after), assume_utc(created_before)
+    )
     jobs, next_cursor = await queries.list_jobs(
         runtime.db, caller=caller, filters=filters, limit=limit, cursor=cursor
     )

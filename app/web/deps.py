@@ -17,6 +17,8 @@ from app.runtime import Runtime
 bearer = HTTPBearer(auto_error=False, description="An API key from `poyo-relay keys create`.")
 
 MAX_TOKEN_CHARS = 256
+# A signed link's `expires`: unix seconds, as the output route's query allows (< 10**12).
+MAX_EXPIRES_DIGITS = 12
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -66,14 +68,18 @@ async def get_output_reader(
 
 
 OutputReaderDep = Annotated[Caller, Depends(get_output_reader)]
-MAX_EXPIRES_DIGITS = 12
 
 
-def _needs_key(dependant: Dependant) -> bool:
-    return any(
-        dependency.call in (get_caller, get_output_reader) or _needs_key(dependency)
-        for dependency in dependant.dependencies
-    )
+def _authenticator(dependant: Dependant) -> Any:
+    """The dependency that authenticates this route (get_caller or get_output_reader),
+    found however deep it is declared, or None for a route open to all."""
+    for dependency in dependant.dependencies:
+        if dependency.call in (get_caller, get_output_reader):
+            return dependency.call
+        found = _authenticator(dependency)
+        if found is not None:
+            return found
+    return None
 
 
 async def authentication_failure(request: Request) -> AppError | None:
@@ -86,10 +92,15 @@ async def authentication_failure(request: Request) -> AppError | None:
     """
     route: Any = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if not isinstance(dependant, Dependant) or not _needs_key(dependant):
+    authenticate = _authenticator(dependant) if isinstance(dependant, Dependant) else None
+    if authenticate is None:
         return None
+    runtime, credentials = await get_runtime(request), await bearer(request)
     try:
-        await get_output_reader(request, await get_runtime(request), await bearer(request))
+        if authenticate is get_output_reader:
+            await get_output_reader(request, runtime, credentials)
+        else:
+            await get_caller(runtime, credentials)
     except (Unauthorized, Forbidden) as exc:
         return exc
     return None
