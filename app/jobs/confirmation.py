@@ -93,8 +93,7 @@ class Confirmation:
 
     async def apply(self, lease: Lease, status: TaskStatus, overdue: bool) -> None:
         """Apply a confirmed provider status through the forward-only state machine."""
-        job, now = lease.job, utcnow()
-        change = confirm(self.policy, job, status, now)
+        job = lease.job
         polled = [
             NewEvent(
                 EventType.PROVIDER_POLLED,
@@ -104,6 +103,9 @@ class Confirmation:
         if job.provider_task_id is None:
             polled.append(NewEvent(EventType.PROVIDER_TASK_LINKED, {"task_id": status.task_id}))
         async with self.db.write() as conn:
+            # Once our turn has come: events are stamped in the order they are written.
+            now = utcnow()
+            change = confirm(self.policy, job, status, now)
             await repo.add_events(conn, job.id, polled, now)
             moved = can_transition(job.status, change.target) and await repo.move(
                 conn, change, lease.owner
@@ -114,7 +116,7 @@ class Confirmation:
     async def _record_poll_failure(
         self, lease: Lease, task_id: str, exc: ProviderError, overdue: bool
     ) -> None:
-        job, now = lease.job, utcnow()
+        job = lease.job
         attempt = job.poll_attempts + 1
         failed = NewEvent(
             EventType.PROVIDER_POLL_FAILED,
@@ -125,17 +127,18 @@ class Confirmation:
                 "http_status": exc.http_status,
             },
         )
-        patch = JobPatch(poll_attempts=attempt, checked_at=now)
-        if job.provider_task_id is None and isinstance(exc, ProviderRejected):
-            # The provider does not know the task a callback named: forget the claim so
-            # the job is submitted normally.
-            patch["callback_status"] = None
         retry_after = exc.retry_after if isinstance(exc, ProviderUnavailable) else None
-        retry_at = min(
-            self.policy.retry_at(now, attempt, retry_after),
-            self.policy.deadline_of(job.submitted_at or now),
-        )
         async with self.db.write() as conn:
+            now = utcnow()  # once our turn has come, as in apply()
+            patch = JobPatch(poll_attempts=attempt, checked_at=now)
+            if job.provider_task_id is None and isinstance(exc, ProviderRejected):
+                # The provider does not know the task a callback named: forget the claim so
+                # the job is submitted normally.
+                patch["callback_status"] = None
+            retry_at = min(
+                self.policy.retry_at(now, attempt, retry_after),
+                self.policy.deadline_of(job.submitted_at or now),
+            )
             await repo.add_events(conn, job.id, [failed], now)
             # A job past its deadline fails with deadline_exceeded, whatever the provider says.
             if not (overdue and await repo.fail(conn, lease, DEADLINE_EXCEEDED, now)):
