@@ -128,7 +128,9 @@ class Runtime:
     def worker(self, lease_owner: str | None = None) -> Worker:
         """The worker's loops: expire (in-flight jobs past their deadline: a last check,
         then failure), submit (pending jobs), reconcile (in-flight jobs a callback asked to
-        confirm, or silent too long), webhook (ended jobs that owe their webhook_url)."""
+        confirm, or silent too long), webhook (ended jobs that owe their webhook_url), and,
+        unless ARCHIVE_ENABLED=false, archive (succeeded jobs whose outputs are due to be
+        kept)."""
         owner = lease_owner or f"worker:{self.instance}"
         in_flight = tuple(sorted(IN_FLIGHT))
         deadline = timedelta(seconds=self.settings.job_deadline_seconds)
@@ -139,14 +141,11 @@ class Runtime:
             self._loop("submit", Queue((JobStatus.PENDING,)), self.jobs.submit_due, owner),
             self._loop("reconcile", Queue(in_flight), self.confirmation.refresh, owner),
             self._loop("webhook", Queue(tuple(sorted(TERMINAL))), self.webhooks.deliver, owner),
-            self._loop(
-                "archive",
-                Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at"),
-                self.archive.archive,
-                owner,
-                slots=self.settings.archive_concurrency,
-            ),
         ]
+        if self.settings.archive_enabled:
+            archive_due = Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at")
+            slots = self.settings.archive_concurrency
+            loops.append(self._loop("archive", archive_due, self.archive.archive, owner, slots))
         return Worker(db=self.db, loops=loops, lease_owner=owner)
 
     def _loop(

@@ -257,6 +257,7 @@ async def test_before_archiving_the_url_leads_to_the_providers_file(
     job = await service.client.wait_for_status(job_id, {"succeeded"})
     [output] = job["outputs"]
     assert job["archive"] is None
+    assert "archive" not in service.runtime.worker("probe").loops  # off means off
     assert output["url"] == output["provider_url"]
     assert output["archived_at"] is None
     assert output["sha256"] is None
