@@ -151,6 +151,8 @@ class Database:
             json_deserializer=orjson.loads,
             pool_size=size,
             max_overflow=overflow,
+            # A statement's values (secrets among them) never go into an error's message.
+            hide_parameters=True,
         )
         _check_after_disconnects(self.engine)
         if self._is_sqlite:

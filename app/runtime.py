@@ -67,6 +67,7 @@ class Runtime:
     callbacks: CallbackService
     webhooks: WebhookSender
     archive: ArchiveService
+    output_links: OutputLinks
     wakeup: Wakeup
     instance: str
 
@@ -120,7 +121,8 @@ class Runtime:
                 on_received=wakeup.notify,
             ),
             webhooks=WebhookSender(settings=settings, db=db, server_key=server_key),
-            archive=archive_service(settings, db, server_key),
+            archive=archive_service(settings, db),
+            output_links=OutputLinks(server_key),
             wakeup=wakeup,
             instance=instance,
         )
@@ -171,7 +173,7 @@ class Runtime:
         await self.db.dispose()
 
 
-def archive_service(settings: Settings, db: Database, server_key: ServerKey) -> ArchiveService:
+def archive_service(settings: Settings, db: Database) -> ArchiveService:
     """The archive, with its storage backend and a downloader that, in sandbox mode,
     trusts the simulator's own (loopback) files."""
     trusted = (settings.provider_base_url,) if settings.sandbox_mode else ()
@@ -180,5 +182,4 @@ def archive_service(settings: Settings, db: Database, server_key: ServerKey) -> 
         db=db,
         storage=open_storage(settings),
         downloader=Downloader(settings, trusted_origins=trusted),
-        links=OutputLinks(server_key),
     )

@@ -50,7 +50,6 @@ from app.jobs import repository as repo
 from app.jobs.events import EventType, NewEvent
 from app.jobs.models import Job, provider_output, read_output
 from app.jobs.states import ArchiveStatus, JobStatus
-from app.keyring.models import ServerKey
 from app.logs import configure_logging
 from app.provider.schemas import ProviderStatus
 from app.runtime import archive_service
@@ -169,7 +168,7 @@ async def archive_once(
     )
     configure_logging(level=settings.log_level, fmt="json")
     db = Database(settings)
-    service = archive_service(settings, db, ServerKey(b"x" * 32))
+    service = archive_service(settings, db)
     try:
         now = utcnow()
         job = Job(

@@ -232,7 +232,7 @@ async def test_tenancy_and_signed_links(archiving: Archiving) -> None:
     assert (await anonymous.get(tampered)).status_code == 403
     for_another_output = link.replace("/outputs/0?", "/outputs/1?")
     assert (await anonymous.get(for_another_output)).status_code == 403
-    links = service.runtime.archive.links
+    links = service.runtime.output_links
     expired = f"{path}?expires=1000&sig={links.signature(job_id, 0, 1000)}"
     answer = await anonymous.get(expired)
     assert answer.status_code == 403

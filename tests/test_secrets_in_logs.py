@@ -18,11 +18,13 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from app.auth.service import create_key, revoke
+from app.db import Database
 from app.keyring.models import ServiceSecret
 from tests.conftest import SIMULATOR_KEY, ServiceFactory, Simulator
-from tests.support import IMAGE_JOB, TEXT_JOB, ApiClient
+from tests.support import IMAGE_JOB, TEXT_JOB, ApiClient, make_settings
 
 
 class Capture(logging.Handler):
@@ -237,3 +239,23 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+async def test_database_errors_never_carry_the_values_of_their_statement(tmp_path: Any) -> None:
+    """An error's message (what a CLI prints, what a log line holds) names the statement,
+    never its values: a secret being stored into a database that is not migrated yet
+    stays out of it."""
+    db = Database(make_settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/empty.db"))
+    secret = secrets.token_urlsafe(32)
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            async with db.write() as conn:
+                await conn.execute(
+                    text("INSERT INTO service_secrets (name, value) VALUES (:name, :value)"),
+                    {"name": "callback_credential_key", "value": secret},
+                )
+    finally:
+        await db.dispose()
+    assert "service_secrets" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert secret not in repr(caught.value)

@@ -185,7 +185,7 @@ async def create_link(
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
     _output(runtime.archive, job, index)
     expires = int(time.time()) + expires_in
-    signature = runtime.archive.links.signature(job.id, index, expires)
+    signature = runtime.output_links.signature(job.id, index, expires)
     url = (
         f"{runtime.settings.public_base_url}/v1/jobs/{job.id}/outputs/{index}"
         f"?expires={expires}&sig={signature}"

@@ -23,7 +23,6 @@ import anyio
 import structlog
 
 from app.archive.download import Downloader, DownloadFailed
-from app.archive.links import OutputLinks
 from app.archive.probe import probe
 from app.archive.rules import StoredFile, archived_output, output_path, storage_key
 from app.archive.storage import Storage, StorageError
@@ -63,12 +62,10 @@ class ArchiveService:
         db: Database,
         storage: Storage,
         downloader: Downloader,
-        links: OutputLinks,
     ) -> None:
         self.db = db
         self.storage = storage
         self.downloader = downloader
-        self.links = links
         self.public_base_url = settings.public_base_url
         self.max_attempts = settings.archive_max_attempts
         self.retry = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)

@@ -26,7 +26,9 @@ cli.add_typer(archive_cli, name="archive")
 SinceOption = Annotated[
     datetime | None,
     typer.Option(
-        help="Only jobs completed at or after this time (UTC unless it says otherwise).",
+        help="Only jobs completed at or after this time: 2026-11-30, 2026-11-30T12:00:00 "
+        "(UTC unless it carries an offset).",
+        metavar="DATE",
         formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"],
     ),
 ]
@@ -37,11 +39,10 @@ def _with_archive(
 ) -> T:
     """Run `use` with the archive service on the configured database and storage, both
     closed afterwards; a failure exits 1 with one line saying `what` failed."""
-    from app.keyring.service import load_server_key
     from app.runtime import archive_service
 
     async def work(db: Database) -> T:
-        archive = archive_service(settings, db, await load_server_key(settings, db))
+        archive = archive_service(settings, db)
         try:
             return await use(archive)
         finally:

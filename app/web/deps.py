@@ -61,7 +61,7 @@ async def get_output_reader(
     signature = query.get("sig", "")
     if not (index.isdigit() and expires.isdigit() and len(expires) <= MAX_EXPIRES_DIGITS):
         raise Forbidden("this link is invalid or has expired")
-    links = runtime.archive.links
+    links = runtime.output_links
     if not links.verify(job_id, int(index), int(expires), signature, time.time()):
         raise Forbidden("this link is invalid or has expired")
     return Caller(owner="", is_admin=True)  # the link names one output of one job
