@@ -76,6 +76,18 @@ def upsert(conn: AsyncConnection, table: type[Base]) -> postgresql.Insert | sqli
     return postgresql.insert(table)
 
 
+# PostgreSQL's "undefined_table"; SQLite says it in words.
+_UNDEFINED_TABLE = "42P01"
+
+
+def is_unmigrated(error: BaseException) -> bool:
+    """The database has no such table: its schema was never created (or is older)."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    cause = error.orig
+    return getattr(cause, "sqlstate", None) == _UNDEFINED_TABLE or "no such table" in str(cause)
+
+
 def is_unavailable(error: BaseException) -> bool:
     """The database could not be reached or dropped the connection (a failover, a pooler
     restart, an unreachable host): the request changed nothing and may be retried."""

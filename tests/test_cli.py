@@ -462,3 +462,24 @@ async def test_serve_warns_that_sqlite_gains_nothing_from_several_workers(
         taken.close()
     assert result.code != 0, result
     assert ("warning: SQLite has one writer" in result.stderr) is warned, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("keys", "list"),
+        ("archive", "verify"),
+        ("archive", "backfill"),
+        ("prune", "--older-than", "1d"),
+    ],
+)
+async def test_a_database_without_its_schema_is_told_to_migrate(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Commands on a database that was never migrated say what to do, in one line."""
+    env = clean_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/new.db")
+    result = await run_cli(*command, env=env, cwd=tmp_path)
+    assert result.code == 1, result
+    assert "the database has no tables yet: run `poyo-relay migrate` first" in result.stderr
+    assert "Traceback" not in result.output
+    assert "SELECT" not in result.output

@@ -61,14 +61,26 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+class NotMigrated(Exception):
+    """The configured database has no schema yet."""
+
+    def __init__(self) -> None:
+        super().__init__("the database has no tables yet: run `poyo-relay migrate` first")
+
+
 def with_db(work: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Run `work` against the configured database, closed afterwards."""
-    from app.db import Database
+    """Run `work` against the configured database, closed afterwards; a database without
+    its schema raises NotMigrated (one line, not the SQL error)."""
+    from app.db import Database, is_unmigrated
 
     async def main() -> T:
         db = Database(settings or operator_settings())
         try:
             return await work(db)
+        except Exception as exc:
+            if is_unmigrated(exc):
+                raise NotMigrated() from None
+            raise
         finally:
             await db.dispose()
 
@@ -96,6 +108,9 @@ def print_json(value: Any) -> None:
 def main() -> None:
     try:
         cli()
+    except NotMigrated as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             err.print("interrupted")
