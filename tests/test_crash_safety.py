@@ -106,6 +106,8 @@ async def relay(
             "reconcile_after_seconds": 1,
             "retry_base_seconds": 0.1,
             "retry_max_seconds": 1,
+            # Archiving has its own test below; elsewhere its lease would be in the way.
+            "archive_enabled": False,
         }
         values.update(settings)
         child = relay_child(

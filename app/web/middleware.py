@@ -102,10 +102,11 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 def _route_template(scope: Scope) -> str:
     """The route as the OpenAPI document spells it (`/v1/models/{model_id}`, without the
-    `:path` converter), or "unmatched"."""
+    `:path` converter), under the path of the app it is mounted in (the sandbox's
+    `/sandbox/api/generate/submit`), or "unmatched"."""
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    return scope.get("root_path", "") + path if isinstance(path, str) else "unmatched"
 
 
 class BodyTooLarge(HTTPException):
