@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     # Off: webhooks to loopback, private or link-local addresses are refused (SSRF).
     webhook_allow_private: bool = False
 
+    # --- waiting and streams (README, Results without polling) ----------------------------
+    # A comment line on idle streams at least this often, so proxies keep them open.
+    stream_heartbeat_seconds: float = Field(default=15, ge=1, le=300)
+    # The change feed re-reads the audit trail this often even when nothing woke it (a
+    # separate worker process on SQLite; a notification lost on PostgreSQL).
+    stream_poll_seconds: float = Field(default=2, gt=0, le=60)
+    # Open streams and waiting requests one process serves at most (more: 503).
+    stream_max_clients: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Changes buffered for a stream whose reader is slow; beyond, the stream is cut (the
+    # client resumes with Last-Event-ID).
+    stream_buffer_events: int = Field(default=1000, ge=10, le=100_000)
+
     # --- archive: outputs kept before PoYo's URLs expire (README, Archive) ------------------
     archive_enabled: bool = True
     archive_backend: Literal["local", "s3"] = "local"

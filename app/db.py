@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -181,6 +181,16 @@ class Database:
         # SQLite has one writer; queueing writers here is cheaper than spinning on the lock.
         self._writer_turns = WriterTurns() if self._is_sqlite else None
         self.write_concurrency = 1 if self._is_sqlite else POSTGRES_WRITE_CONCURRENCY
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each unit of write of this process commits (the change
+        feed's in-process wake-up; it must be quick and must not raise)."""
+        self._commit_listeners.append(listener)
+
+    def _committed(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -197,6 +207,7 @@ class Database:
         """A write transaction; on SQLite, its turn comes by `priority` (app.writer_turns)."""
         async with self._writer_turn(priority), self._write_engine.begin() as conn:
             yield conn
+        self._committed()
 
     @contextlib.asynccontextmanager
     async def single_write(self, priority: Priority) -> AsyncIterator[AsyncConnection]:
@@ -208,6 +219,7 @@ class Database:
             return
         async with self._single_statement_engine.connect() as conn:
             yield conn
+        self._committed()
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self, priority: Priority) -> AsyncIterator[None]:

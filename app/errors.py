@@ -149,8 +149,8 @@ class Unavailable(AppError):
     status_code = 503
     type = "unavailable"
     description = (
-        "The database cannot be reached right now; nothing was changed. Retry after "
-        "`Retry-After` seconds"
+        "The database cannot be reached right now, or this process serves as many streams "
+        "and waits as it may; nothing was changed. Retry after `Retry-After` seconds"
     )
     example = "the database is unavailable; retry shortly"
     RETRY_AFTER_SECONDS: ClassVar[int] = 2

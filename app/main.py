@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from fastapi import FastAPI
@@ -23,10 +23,12 @@ from app.logs import REDACTOR, configure_logging
 from app.ops.router import router as ops_router
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, create_simulator
+from app.streams.router import router as streams_router
 from app.web.errors import install_error_handlers
 from app.web.middleware import BodySizeLimit, InFlight, RequestContext
 from app.web.openapi import install_openapi
 from app.webhooks.router import router as webhooks_router
+from app.worker.runner import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,18 @@ def _secrets(settings: Settings) -> list[str]:
         settings.poyo_webhook_secret.get_secret_value(),
         settings.callback_secret.get_secret_value(),
     ]
+
+
+def _stopping(runtime: Runtime, worker: Worker | None) -> Callable[[], None]:
+    """What a termination signal does at once: the worker stops claiming, and streams and
+    waits end (uvicorn's drain would otherwise wait for them; their clients resume)."""
+
+    def stop() -> None:
+        runtime.feed.request_close()
+        if worker is not None:
+            worker.request_stop()
+
+    return stop
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings)
         app.state.runtime = runtime
+        await runtime.start_feed()
         worker = runtime.worker() if settings.run_worker else None
         if worker is not None:
             worker.start()
@@ -81,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             provider=settings.provider_base_url,
         )
         try:
-            with on_termination(worker.request_stop if worker else lambda: None):
+            with on_termination(_stopping(runtime, worker)):
                 yield
         finally:
             if worker is not None:
@@ -109,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.router.routes.append(CallbackRoute())
-    for router in (jobs_router, outputs_router, models_router, webhooks_router, ops_router):
+    routers = (jobs_router, streams_router, outputs_router, models_router, webhooks_router)
+    for router in (*routers, ops_router):
         app.include_router(router)
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)

@@ -90,9 +90,44 @@ ARCHIVE_JOBS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+OPEN_STREAMS = Gauge(
+    "poyo_relay_open_streams",
+    "Server-sent event streams open in this process, by scope (job: one job; all: /v1/stream).",
+    ["scope"],
+    registry=REGISTRY,
+)
+WAITERS = Gauge(
+    "poyo_relay_waiters",
+    "Requests waiting for a job to end (`?wait=` / `Prefer: wait`) in this process.",
+    registry=REGISTRY,
+)
+STREAMS_CUT = Counter(
+    "poyo_relay_streams_cut_total",
+    "Streams the server ended because their reader fell too far behind.",
+    registry=REGISTRY,
+)
+NOTIFICATION_LAG = Histogram(
+    "poyo_relay_notification_lag_seconds",
+    "From the start of a transaction that changed jobs to its PostgreSQL notification "
+    "reaching this process.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+STREAM_LISTENER_CONNECTED = Gauge(
+    "poyo_relay_stream_listener_connected",
+    "1 while this process's PostgreSQL LISTEN connection is up.",
+    registry=REGISTRY,
+)
+STREAM_SKIPPED_IDS = Counter(
+    "poyo_relay_stream_skipped_ids_total",
+    "Event ids the change feed stopped waiting for (their transactions rolled back).",
+    registry=REGISTRY,
+)
 
 # Every outcome shows (as 0) before it first happens.
 for _outcome in ("archived", "failed"):
     ARCHIVE_OUTPUTS.labels(_outcome)
 for _result in ("archived", "retrying", "abandoned"):
     ARCHIVE_JOBS.labels(_result)
+for _scope in ("job", "all"):
+    OPEN_STREAMS.labels(_scope)

@@ -30,6 +30,8 @@ from app.jobs.states import IN_FLIGHT, TERMINAL, JobStatus
 from app.keyring.models import ServerKey
 from app.keyring.service import load_server_key
 from app.provider.client import PoyoClient
+from app.streams.feed import ChangeFeed
+from app.streams.service import StreamService
 from app.webhooks.service import WebhookSender
 from app.worker.loops import ClaimLoop, Handler
 from app.worker.runner import Worker
@@ -69,6 +71,8 @@ class Runtime:
     archive: ArchiveService
     output_links: OutputLinks
     wakeup: Wakeup
+    feed: ChangeFeed
+    streams: StreamService
     instance: str
 
     @classmethod
@@ -94,6 +98,12 @@ class Runtime:
             log.warning("catalog_not_loaded", error_type=type(exc).__name__)  # loaded on first use
         confirmation = Confirmation(
             settings=settings, db=db, provider=provider, on_check_requested=wakeup.notify
+        )
+        feed = ChangeFeed(
+            db,
+            poll_seconds=settings.stream_poll_seconds,
+            max_subscribers=settings.stream_max_clients,
+            queue_limit=settings.stream_buffer_events,
         )
         jobs = JobService(
             settings=settings,
@@ -124,8 +134,22 @@ class Runtime:
             archive=archive_service(settings, db),
             output_links=OutputLinks(server_key),
             wakeup=wakeup,
+            feed=feed,
+            streams=StreamService(
+                db=db,
+                feed=feed,
+                confirmation=confirmation,
+                heartbeat_seconds=settings.stream_heartbeat_seconds,
+                progress_refresh_seconds=settings.progress_refresh_seconds,
+            ),
             instance=instance,
         )
+
+    async def start_feed(self) -> None:
+        """Serve waits and streams (API processes): tail the audit trail, and on
+        PostgreSQL listen for other processes' changes."""
+        listen = None if self.settings.is_sqlite else self.settings.database_url
+        await self.feed.start(listen)
 
     def worker(self, lease_owner: str | None = None) -> Worker:
         """The worker's loops: expire (in-flight jobs past their deadline: a last check,
@@ -167,6 +191,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.feed.stop()
         await self.provider.aclose()
         await self.webhooks.aclose()
         await self.archive.aclose()

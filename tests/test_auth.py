@@ -58,6 +58,12 @@ async def _call(
     url = url.replace("{index}", "0")
     if method == "POST":
         return await http.post(url, json=LINK_BODY if "/links" in url else body, headers=headers)
+    if url.endswith("/stream"):
+        # An event stream of every job never ends: its head and the first message tell.
+        async with http.stream(method, url, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+            return response
     return await http.request(method, url, headers=headers)
 
 

@@ -79,8 +79,6 @@ async def test_submit_wait_follows_the_job_and_prints_the_output_url(
         "resolution=480p",
         "duration=5",
         "--wait",
-        "--poll-interval",
-        "0.1",
         env=client_env(service),
         cwd=tmp_path,
     )
@@ -115,8 +113,6 @@ async def test_submit_wait_exits_1_when_the_job_fails(service: Service, tmp_path
         "--prompt",
         "a fox [fail]",
         "--wait",
-        "--poll-interval",
-        "0.1",
         env=client_env(service),
         cwd=tmp_path,
     )

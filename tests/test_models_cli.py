@@ -69,7 +69,7 @@ async def test_submit_any_model_with_pairs_json_and_files(service: Service, tmp_
     # several images: one URL per output, all real PNG files
     images = await run_cli(
         "submit", "-m", "seedream-4", "-p", "three foxes", "n=3", "--wait",
-        "--poll-interval", "0.1", env=env, cwd=tmp_path,
+        env=env, cwd=tmp_path,
     )  # fmt: skip
     assert images.code == 0, images
     urls = images.stdout.split()

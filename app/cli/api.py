@@ -82,10 +82,10 @@ def call(
     if response.status_code in ok:
         body: dict[str, Any] = response.json()
         return body
-    raise _failure(response, usage)
+    raise failure_of(response, usage)
 
 
-def _failure(response: httpx.Response, usage: tuple[int, ...] = ()) -> ApiFailure:
+def failure_of(response: httpx.Response, usage: tuple[int, ...] = ()) -> ApiFailure:
     try:
         error = response.json()["error"]
         message = f"{error['message']} (HTTP {response.status_code})"

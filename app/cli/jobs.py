@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote
 
 import typer
 
-from app.cli.api import ApiKeyOption, BaseUrlOption, JsonOption, api, call
+from app.cli.api import ApiFailure, ApiKeyOption, BaseUrlOption, JsonOption, api, call, failure_of
 from app.cli.base import EXIT_FAILED, EXIT_USAGE, cli, err, fail, out, print_json
 from app.cli.inputs import InputError, apply_pairs, parse_object
 from app.jobs.states import JobStatus
 
 if TYPE_CHECKING:
     import httpx
+
+    from poyo_relay.client import Client, Job
 
 jobs_cli = typer.Typer(help="Look at jobs through the API.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
@@ -90,9 +90,6 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Show progress until the job ends; print its outputs.")
     ] = False,
-    poll_interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between status reads with --wait.")
-    ] = 1.0,
     timeout: Annotated[
         float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
     ] = None,
@@ -106,28 +103,54 @@ def submit(
     Exit code 0: submitted (or, with --wait, succeeded); 1: the job failed; 2: usage.
     """
     pairs = ([f"prompt={prompt}"] if prompt is not None else []) + list(fields or [])
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    with api(base_url, api_key) as client:
+    with api(base_url, api_key) as http, _service(http) as relay:
         # An unknown model is the caller's mistake here (exit 2), not a failed lookup.
-        spec = call(client, "GET", "/v1/models/" + quote(model, safe="/"), usage=(404,))
+        with _client_errors(usage=(404,)):
+            spec = relay.models.get(model).raw
         try:
             job_input = apply_pairs(read_input_option(input_json), pairs, spec["input_schema"])
         except InputError as exc:
             fail(str(exc), EXIT_USAGE)
-        problems = local_problems(spec, job_input)
+        problems = local_problems(dict(spec), job_input)
         if problems:
             fail(f"invalid input for model {model} (nothing was sent)", EXIT_USAGE, problems)
-        job = call(
-            client,
-            "POST",
-            "/v1/jobs",
-            ok=(200, 201),
-            json={"model": model, "input": job_input},
-            headers=headers,
-        )
-        if wait and job["status"] not in _TERMINAL:
-            job = _follow(client, job, poll_interval=poll_interval, timeout=timeout)
-    _report(job, wait=wait, timeout=timeout, as_json=as_json)
+        with _client_errors():
+            job = relay.jobs.create(model=model, input=job_input, idempotency_key=idempotency_key)
+            if wait and not job.is_terminal:
+                job = _follow(relay, job, timeout=timeout)
+    _report(dict(job.raw), wait=wait, timeout=timeout, as_json=as_json)
+
+
+@contextlib.contextmanager
+def _service(http: httpx.Client) -> Iterator[Client]:
+    """poyo_relay's client over the CLI's HTTP client (its address and API key, checked by
+    `api`); the retries of a job creation reuse its Idempotency-Key."""
+    from poyo_relay.client import Client
+
+    key = http.headers["Authorization"].removeprefix("Bearer ")
+    yield Client(str(http.base_url), key, http_client=http)
+
+
+@contextlib.contextmanager
+def _client_errors(usage: tuple[int, ...] = ()) -> Iterator[None]:
+    """The client's errors as the CLI reports the API's (app/cli/api.py, `call`): the same
+    messages and exit codes (2 for a status the caller must fix, including `usage`)."""
+    import httpx
+
+    from poyo_relay.client import ApiError, ConnectionFailed, PoyoRelayError
+
+    try:
+        yield
+    except ApiError as exc:
+        if exc.response is None:
+            raise ApiFailure(exc.message, exit_code=EXIT_FAILED) from None
+        raise failure_of(exc.response, usage) from None
+    except ConnectionFailed as exc:
+        if isinstance(exc.__cause__, httpx.HTTPError):
+            raise exc.__cause__ from None  # `api` says the service cannot be reached
+        raise ApiFailure(str(exc), exit_code=EXIT_FAILED) from None
+    except PoyoRelayError as exc:
+        raise ApiFailure(str(exc), exit_code=EXIT_FAILED) from None
 
 
 def _report(job: dict[str, Any], *, wait: bool, timeout: float | None, as_json: bool) -> None:
@@ -147,33 +170,33 @@ def _report(job: dict[str, Any], *, wait: bool, timeout: float | None, as_json: 
         print(job["id"])
 
 
-def _follow(
-    client: httpx.Client, job: dict[str, Any], *, poll_interval: float, timeout: float | None
-) -> dict[str, Any]:
-    """Read the job until it ends (or `timeout` passes), showing its progress."""
+def _follow(relay: Client, job: Job, *, timeout: float | None) -> Job:
+    """Follow the job's event stream until it ends (or `timeout` passes), showing its
+    progress."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    deadline = None if timeout is None else time.monotonic() + timeout
-
-    def watch(show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def watch(show: Callable[[Job], None]) -> Job:
         current = job
         show(current)
-        while current["status"] not in _TERMINAL and time.monotonic() < (deadline or math.inf):
-            time.sleep(poll_interval)
-            current = call(client, "GET", f"/v1/jobs/{job['id']}")
-            show(current)
+        with contextlib.closing(relay.jobs.stream(job.id, timeout=timeout)) as updates:
+            for update in updates:
+                current = update.job
+                show(current)
+                if current.is_terminal:
+                    return current
+        # The stream ended (the job settled) or the time is up: its latest state.
+        current = relay.jobs.get(job.id)
+        show(current)
         return current
 
     if not err.is_terminal:
         # No live display in logs and pipes: a line whenever the job moves.
         shown: list[tuple[str, int]] = []
 
-        def line(current: dict[str, Any]) -> None:
-            if [(current["status"], current["progress"])] != shown[-1:]:
-                shown.append((current["status"], current["progress"]))
-                err.print(
-                    f"{current['id']} {current['status']} {current['progress']}%", highlight=False
-                )
+        def line(current: Job) -> None:
+            if [(current.status.value, current.progress)] != shown[-1:]:
+                shown.append((current.status.value, current.progress))
+                err.print(f"{current.id} {current.status} {current.progress}%", highlight=False)
 
         return watch(line)
     columns = (
@@ -183,11 +206,11 @@ def _follow(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err) as progress:
-        bar = progress.add_task(job["id"], total=100)
+        bar = progress.add_task(job.id, total=100)
 
-        def update(current: dict[str, Any]) -> None:
-            description = f"{current['id']} [bold]{current['status']}[/bold]"
-            progress.update(bar, completed=current["progress"], description=description)
+        def update(current: Job) -> None:
+            description = f"{current.id} [bold]{current.status}[/bold]"
+            progress.update(bar, completed=current.progress, description=description)
 
         return watch(update)
 

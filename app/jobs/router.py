@@ -13,9 +13,11 @@ from app.errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    Unavailable,
     UnsupportedMediaType,
 )
 from app.jobs import queries
+from app.jobs.models import JobRecord
 from app.jobs.schemas import (
     NO_NUL_PATTERN,
     EventList,
@@ -27,12 +29,47 @@ from app.jobs.schemas import (
     job_to_dict,
 )
 from app.jobs.states import JobStatus
+from app.streams import sse
 from app.timeutil import assume_utc
 from app.web.deps import CallerDep, RuntimeDep
 from app.web.errors import error_responses
 from app.web.responses import json_response
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=sse.MAX_WAIT_SECONDS,
+        description="Answer as soon as the job has ended, or with its current state after "
+        "this many seconds (at most 60). `Prefer: wait=N` does the same.",
+    ),
+]
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        max_length=256,
+        description="`wait=N` (RFC 7240): as `?wait=N`; more than 60 s waits 60 s.",
+    ),
+]
+
+
+def _wait_seconds(query: float | None, prefer: str | None) -> tuple[float | None, bool]:
+    """How long to wait, and whether `Prefer` asked for it (to say it was applied)."""
+    if query is not None:
+        return query, False
+    seconds = sse.prefer_wait(prefer)
+    return seconds, seconds is not None
+
+
+def _waited(content: JobOut, status_code: int, seconds: float | None, by_prefer: bool) -> Response:
+    response = json_response(content, status_code)
+    if by_prefer and seconds is not None:
+        response.headers["Preference-Applied"] = f"wait={seconds:g}"
+    return response
+
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -53,7 +90,9 @@ IdempotencyKeyHeader = Annotated[
     summary="Create a job",
     responses={
         200: {"model": JobOut, "description": "Replay of an earlier request with this key"},
-        **error_responses(BadRequest, Conflict, UnsupportedMediaType, InvalidRequest, RateLimited),
+        **error_responses(
+            BadRequest, Conflict, UnsupportedMediaType, InvalidRequest, RateLimited, Unavailable
+        ),
     },
 )
 async def create_job(
@@ -61,12 +100,21 @@ async def create_job(
     runtime: RuntimeDep,
     caller: CallerDep,
     idempotency_key: IdempotencyKeyHeader = None,
+    wait: WaitQuery = None,
+    prefer: PreferHeader = None,
 ) -> Response:
-    """Validate, store and submit a job. A provider rejection is a `201` with `failed`."""
+    """Validate, store and submit a job. A provider rejection is a `201` with `failed`.
+    With `?wait=N`, answer once the job has ended or after N seconds."""
+    seconds, by_prefer = _wait_seconds(wait, prefer)
+    if seconds is not None:
+        runtime.feed.admit()
+    job: JobRecord
     job, created = await runtime.jobs.create(
         caller=caller, body=body, idempotency_key=idempotency_key
     )
-    return json_response(job_to_dict(job), 201 if created else 200)
+    if seconds is not None:
+        job = await runtime.streams.wait(caller, job, seconds)
+    return _waited(job_to_dict(job), 201 if created else 200, seconds, by_prefer)
 
 
 @router.get(
@@ -98,12 +146,23 @@ async def list_jobs(
     "/{job_id}",
     response_model=JobOut,
     summary="Get a job",
-    responses=error_responses(NotFound),
+    responses=error_responses(NotFound, InvalidRequest, Unavailable),
 )
-async def get_job(job_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def get_job(
+    job_id: str,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    wait: WaitQuery = None,
+    prefer: PreferHeader = None,
+) -> Response:
+    """With `?wait=N`, answer once the job has ended or after N seconds."""
+    seconds, by_prefer = _wait_seconds(wait, prefer)
     job = await queries.get_job(runtime.db, caller=caller, job_id=job_id)
     await runtime.confirmation.refresh_if_watched(job)
-    return json_response(job_to_dict(job))
+    if seconds is not None:
+        runtime.feed.admit()
+        job = await runtime.streams.wait(caller, job, seconds)
+    return _waited(job_to_dict(job), 200, seconds, by_prefer)
 
 
 @router.get(
