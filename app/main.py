@@ -33,6 +33,8 @@ from app.worker.runner import Worker
 log = structlog.get_logger(__name__)
 
 REQUEST_HAND_OVER_SECONDS = 2.0
+GC_THRESHOLDS = (50_000, 20, 10)
+DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 DESCRIPTION = (
     "A durable broker for asynchronous video generation on PoYo AI. Submit a job, "
     "then read it, its outputs and its audit trail. Authenticate with "
@@ -89,6 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which would otherwise pause every request now and then.
         gc.collect()
         gc.freeze()
+        # Thousands of open streams and waits are a million live objects: the collector's
+        # full passes would pause every request for most of a second. Collect the young
+        # generation less often, and so the old one much less (bench/README.md, waiters).
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info(
             "service_started",
             sandbox=settings.sandbox_mode,
@@ -110,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.close()
             # Let this app's objects be collected again (tests start many apps per process).
             gc.unfreeze()
+            gc.set_threshold(*DEFAULT_GC_THRESHOLDS)
             log.info("service_stopped")
 
     app = FastAPI(

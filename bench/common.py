@@ -12,6 +12,7 @@ import http.client
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -67,6 +68,12 @@ class Size:
     catalog_startups: int
     # archive: the size of the one output archived
     archive_bytes: int
+    # waiters: how many wait (half streams, half long-polls), seconds of callbacks per
+    # phase, jobs in each callback pool, seconds over which their jobs are ended
+    waiters: int
+    waiters_ingest_seconds: float
+    waiters_pool_jobs: int
+    waiters_finish_seconds: float
 
 
 SIZES = {
@@ -86,6 +93,10 @@ SIZES = {
         catalog_jobs=300,
         catalog_startups=1,
         archive_bytes=64 * 2**20,
+        waiters=300,
+        waiters_ingest_seconds=2.0,
+        waiters_pool_jobs=20_000,
+        waiters_finish_seconds=1.5,
     ),
     "full": Size(
         name="full",
@@ -103,6 +114,10 @@ SIZES = {
         catalog_jobs=3_000,
         catalog_startups=5,
         archive_bytes=2**30,
+        waiters=5_000,
+        waiters_ingest_seconds=20.0,
+        waiters_pool_jobs=100_000,
+        waiters_finish_seconds=8.0,
     ),
 }
 
@@ -367,6 +382,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The service's JSON lines are orjson's (`"level":"error"`, no space); uvicorn's own are
+# plain text.
+_ERROR_LINE = re.compile(r'"level": ?"(error|critical)"|Traceback|^(ERROR|CRITICAL)[: ]')
+
+
 @dataclass
 class ServerProcess:
     """A server started as a child process, its output in a log file, stopped by its pid."""
@@ -467,11 +487,7 @@ class ServerProcess:
             for line in handle:
                 if "ClientDisconnect" in line:
                     continue  # the load generator hung up mid-request when its run ended
-                if (
-                    '"level": "error"' in line
-                    or "Traceback" in line
-                    or '"level": "critical"' in line
-                ):
+                if _ERROR_LINE.search(line):
                     found.append(line.rstrip()[:400])
                     if len(found) >= limit:
                         break

@@ -180,6 +180,13 @@ async def test_a_job_stream_resumes_with_last_event_id_without_gap_or_duplicate(
     streamed = list(first + rest[:-1])
     assert all(m.data["job"]["id"] == job["id"] for m in streamed)
     assert streamed[-1].data["job"]["status"] == "succeeded"
+    # The status poll and the status change it caused are written together: both come,
+    # the change last, before the end.
+    assert [m.data["event"]["type"] for m in streamed[-2:]] == [
+        "provider.polled",
+        "job.status_changed",
+    ]
+    assert streamed[-1].data["event"]["data"]["to"] == "succeeded"
     ids = [m.id or 0 for m in streamed]
     trail = {int(e["id"].removeprefix("evt_")): e for e in await service.client.events(job["id"])}
     assert ids == [i for i in trail if ids[0] <= i <= ids[-1]], "no gap, no duplicate"

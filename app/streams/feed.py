@@ -66,6 +66,20 @@ class Subscription:
     `after` is the feed's position when it subscribed: later changes arrive here, earlier
     ones are in the table."""
 
+    # Thousands of these wait at once: no per-instance dict.
+    __slots__ = (
+        "_limit",
+        "_queue",
+        "_ready",
+        "after",
+        "interrupted",
+        "job_id",
+        "model",
+        "owner",
+        "status",
+        "with_events",
+    )
+
     def __init__(
         self,
         *,
@@ -119,6 +133,12 @@ class Subscription:
             raise Interrupted(self.interrupted)
         return self._queue.popleft() if self._queue else None
 
+    def pending(self) -> list[Change]:
+        """The changes already queued, taken without waiting."""
+        taken = list(self._queue)
+        self._queue.clear()
+        return taken
+
 
 class ChangeFeed:
     def __init__(
@@ -140,6 +160,8 @@ class ChangeFeed:
         self._hole: tuple[int, float] | None = None  # (first missing id, first seen)
         self._task: asyncio.Task[None] | None = None
         self.listener: Listener | None = None
+        # Set while the feed has read everything committed that it knows of.
+        self._caught_up = asyncio.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -172,6 +194,13 @@ class ChangeFeed:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def caught_up(self, seconds: float) -> None:
+        """Until the feed has handed out everything it has read (a transaction's events may
+        span two reads), or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._caught_up.wait()
 
     def request_close(self) -> None:
         """End every stream and wait now (the server is shutting down: its clients resume
@@ -241,9 +270,11 @@ class ChangeFeed:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
+            self._caught_up.clear()
             try:
                 while await self.run_once():
                     pass
+                self._caught_up.set()
             except Exception as exc:
                 if not is_unavailable(exc):
                     log.exception("change_feed_failed")

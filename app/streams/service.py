@@ -109,6 +109,11 @@ class StreamService:
                         continue
                     yield job_message(change.event, change.job)
                     if is_settled(change.job):
+                        # The transaction that settled it may have written more events
+                        # (a status poll and the status change): send them all first.
+                        await self.feed.caught_up(seconds=1.0)
+                        for rest in subscription.pending():
+                            yield job_message(rest.event, rest.job)
                         yield END
                         return
         finally:
