@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     # sync` or `import` installs one; every replica follows within this time).
     catalog_refresh_seconds: float = Field(default=10, gt=0, le=3600)
 
+    # --- PoYo's account balance ---------------------------------------------------------
+    # How often a worker reads PoYo's credit balance (`GET /api/user/balance`): kept in the
+    # database (`poyo-relay status`) and exported as a gauge (0: never).
+    balance_check_seconds: float = Field(default=300, ge=0, le=86_400)
+    # Below this many credits, every read logs the warning `provider_balance_low`.
+    balance_warn_credits: float = Field(default=1000, ge=0, le=1e9)
+
     # --- provider HTTP -----------------------------------------------------------------
     provider_connect_timeout_seconds: float = Field(default=5, gt=0, le=120)
     provider_timeout_seconds: float = Field(default=30, gt=0, le=600)

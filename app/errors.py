@@ -22,10 +22,20 @@ class ErrorItem(TypedDict):
     type: str
 
 
+class BudgetInfo(TypedDict):
+    """The budget a refused job would overrun (`budget_exceeded`), in credits."""
+
+    period: str
+    limit_credits: float
+    spent_credits: float
+    estimate_credits: float | None
+
+
 class ErrorBody(BaseModel):
     type: str
     message: str
     details: list[ErrorItem] | None = None
+    budget: BudgetInfo | None = None
 
 
 class ErrorEnvelope(BaseModel):
@@ -74,6 +84,25 @@ class Unauthorized(AppError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class BudgetExceeded(AppError):
+    status_code = 402
+    type = "budget_exceeded"
+    description = (
+        "The job would take its owner past a daily or monthly credit budget; nothing was "
+        "stored or sent. `budget` names it, what is spent of it and the job's estimate"
+    )
+    example = "this job (180 credits) would exceed the daily budget of 5000 credits"
+
+    def __init__(self, message: str, *, budget: BudgetInfo) -> None:
+        super().__init__(message)
+        self.budget = budget
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["budget"] = self.budget
+        return body
 
 
 class Forbidden(AppError):

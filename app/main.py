@@ -13,6 +13,8 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.archive.router import router as outputs_router
+from app.billing.router import router as estimates_router
+from app.billing.router import usage_router
 from app.callbacks.credentials import CALLBACK_PATH
 from app.callbacks.router import CallbackRoute
 from app.catalog.router import router as models_router
@@ -132,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.router.routes.append(CallbackRoute())
     routers = (jobs_router, streams_router, outputs_router, models_router, webhooks_router)
-    for router in (*routers, ops_router):
+    for router in (*routers, estimates_router, usage_router, ops_router):
         app.include_router(router)
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)

@@ -123,6 +123,15 @@ STREAM_SKIPPED_IDS = Counter(
     "Event ids the change feed stopped waiting for (their transactions rolled back).",
     registry=REGISTRY,
 )
+PROVIDER_BALANCE = Gauge(
+    "poyo_relay_provider_balance_credits",
+    "PoYo's account balance in credits at this process's last read (BALANCE_CHECK_SECONDS); "
+    "NaN until it has read one.",
+    registry=REGISTRY,
+)
+# Unknown is not empty: an alert on a low balance must not fire before the first read, nor
+# on a process that runs no worker.
+PROVIDER_BALANCE.set(float("nan"))
 
 # Every outcome shows (as 0) before it first happens.
 for _outcome in ("archived", "failed"):

@@ -18,6 +18,7 @@ from app.archive.download import Downloader
 from app.archive.links import OutputLinks
 from app.archive.service import ArchiveService
 from app.archive.storage import open_storage
+from app.billing.balance import BalanceCheck
 from app.callbacks.credentials import CallbackCredentials
 from app.callbacks.service import CallbackService
 from app.catalog.service import CatalogService
@@ -34,9 +35,27 @@ from app.streams.feed import ChangeFeed
 from app.streams.service import StreamService
 from app.webhooks.service import WebhookSender
 from app.worker.loops import ClaimLoop, Handler
-from app.worker.runner import Worker
+from app.worker.runner import Periodic, Worker
 
 log = structlog.get_logger(__name__)
+
+# The first balance check waits this long (at most): an API the simulator is mounted in is
+# serving by then.
+BALANCE_FIRST_CHECK_SECONDS = 5.0
+
+
+def worker_queues(settings: Settings) -> dict[str, Queue]:
+    """What each of the worker's loops claims, by loop name (`archive` whether or not
+    archiving is on): the worker's, and what `poyo-relay status` counts."""
+    in_flight = tuple(sorted(IN_FLIGHT))
+    deadline = timedelta(seconds=settings.job_deadline_seconds)
+    return {
+        "expire": Queue(in_flight, overdue_after=deadline),
+        "submit": Queue((JobStatus.PENDING,)),
+        "reconcile": Queue(in_flight),
+        "webhook": Queue(tuple(sorted(TERMINAL))),
+        "archive": Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at"),
+    }
 
 
 class Wakeup:
@@ -156,23 +175,30 @@ class Runtime:
         then failure), submit (pending jobs), reconcile (in-flight jobs a callback asked to
         confirm, or silent too long), webhook (ended jobs that owe their webhook_url), and,
         unless ARCHIVE_ENABLED=false, archive (succeeded jobs whose outputs are due to be
-        kept)."""
+        kept). Beside them, unless BALANCE_CHECK_SECONDS=0, it reads PoYo's balance."""
         owner = lease_owner or f"worker:{self.instance}"
-        in_flight = tuple(sorted(IN_FLIGHT))
-        deadline = timedelta(seconds=self.settings.job_deadline_seconds)
+        queues = worker_queues(self.settings)
         loops = [
-            self._loop(
-                "expire", Queue(in_flight, overdue_after=deadline), self.confirmation.refresh, owner
-            ),
-            self._loop("submit", Queue((JobStatus.PENDING,)), self.jobs.submit_due, owner),
-            self._loop("reconcile", Queue(in_flight), self.confirmation.refresh, owner),
-            self._loop("webhook", Queue(tuple(sorted(TERMINAL))), self.webhooks.deliver, owner),
+            self._loop("expire", queues["expire"], self.confirmation.refresh, owner),
+            self._loop("submit", queues["submit"], self.jobs.submit_due, owner),
+            self._loop("reconcile", queues["reconcile"], self.confirmation.refresh, owner),
+            self._loop("webhook", queues["webhook"], self.webhooks.deliver, owner),
         ]
         if self.settings.archive_enabled:
-            archive_due = Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at")
             slots = self.settings.archive_concurrency
-            loops.append(self._loop("archive", archive_due, self.archive.archive, owner, slots))
-        return Worker(db=self.db, loops=loops, lease_owner=owner)
+            loops.append(
+                self._loop("archive", queues["archive"], self.archive.archive, owner, slots)
+            )
+        periodic = []
+        if (every := self.settings.balance_check_seconds) > 0:
+            check = BalanceCheck(
+                db=self.db,
+                provider=self.provider,
+                warn_below_credits=self.settings.balance_warn_credits,
+            )
+            first = min(every, BALANCE_FIRST_CHECK_SECONDS)
+            periodic.append(Periodic("balance", check.run_once, seconds=every, first_delay=first))
+        return Worker(db=self.db, loops=loops, lease_owner=owner, periodic=periodic)
 
     def _loop(
         self, name: str, queue: Queue, handle: Handler, owner: str, slots: int | None = None

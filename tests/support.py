@@ -38,6 +38,9 @@ TABLES = (
     "rate_limit_windows",
     "service_secrets",
     "catalog_versions",
+    "usage_daily",
+    "budgets",
+    "provider_account",
 )
 
 
@@ -196,6 +199,9 @@ def make_settings(**overrides: Any) -> Settings:
         # made-up URLs that must never be fetched.
         "archive_enabled": False,
         "archive_dir": str(UNUSED_ARCHIVE_DIR),
+        # So is the balance check (tests/test_balance.py): elsewhere the provider hears
+        # only what a test makes it hear.
+        "balance_check_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -37,6 +37,7 @@ JOB_KEYS = {
     "progress",
     "outputs",
     "error",
+    "cost",
     "created_at",
     "updated_at",
     "submitted_at",

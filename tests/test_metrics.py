@@ -149,7 +149,7 @@ async def test_metric_names_and_labels_are_bounded(service: Service) -> None:
     routes |= {SANDBOX_MOUNT_PATH + getattr(r, "path", "") for r in create_simulator().routes}
     closed = {
         "model": set(Catalog(load_snapshot()).models),
-        "endpoint": {"submit", "status"},
+        "endpoint": {"submit", "status", "balance"},
         "kind": {"rejected", "unavailable", "error"},
         "queue": {"pending", "awaiting_reconcile"},
         "route": routes | {"unmatched"},

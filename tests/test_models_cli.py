@@ -83,14 +83,26 @@ async def test_submit_any_model_with_pairs_json_and_files(service: Service, tmp_
     # --input from a file, pairs on top, `:=` for raw JSON, repeated array pairs
     spec = tmp_path / "input.json"
     spec.write_text(json.dumps({"prompt": "from a file", "sound": False, "duration": 5}))
-    kling = await run_cli(
+    kling_args = (
         "submit", "-m", "kling-3.0/pro", "--input", f"@{spec}", "duration:=8", "multi_shots=false",
-        "image_urls=https://example.com/a.png", "image_urls=https://example.com/b.png",
-        "--json", env=env, cwd=tmp_path,
+        "image_urls=https://example.com/a.png", "image_urls=https://example.com/b.png", "--json",
     )  # fmt: skip
+    # 8 s without sound at 39 credits a second: above the default 100, it asks first, and
+    # with no one to ask (not a terminal) refuses; nothing is sent.
+    before = len((await service.client.get("/v1/jobs", limit=100)).json()["data"])
+    unasked = await run_cli(*kling_args, env=env, cwd=tmp_path)
+    assert unasked.code == 2, unasked
+    assert "estimate: 312 credits (~$1.56)" in unasked.stderr
+    assert "--yes" in unasked.stderr
+    assert len((await service.client.get("/v1/jobs", limit=100)).json()["data"]) == before
+    kling = await run_cli(*kling_args, "--yes", env=env, cwd=tmp_path)
     assert kling.code == 0, kling
+    assert "estimate: 312 credits" in kling.stderr
+    assert job_cost(kling.stdout) == 312
     job = json.loads(kling.stdout)
     assert job["model"] == "kling-3.0/pro"
+    below = await run_cli(*kling_args, "--confirm-above", "312", env=env, cwd=tmp_path)
+    assert below.code == 0, below
     assert job["input"] == {
         "prompt": "from a file",
         "sound": False,
@@ -111,4 +123,11 @@ async def test_submit_any_model_with_pairs_json_and_files(service: Service, tmp_
     assert "--input is not JSON" in bad_json.stderr
 
     jobs = (await service.client.get("/v1/jobs")).json()["data"]
-    assert sorted(job["model"] for job in jobs) == ["kling-3.0/pro", "seedream-4"]
+    # (the last kling job was sent twice: with --yes, and at its own price as the limit)
+    assert sorted(job["model"] for job in jobs) == ["kling-3.0/pro"] * 2 + ["seedream-4"]
+
+
+def job_cost(stdout: str) -> float:
+    credits = json.loads(stdout)["cost"]["credits_estimated"]
+    assert isinstance(credits, float | int)
+    return float(credits)

@@ -22,11 +22,13 @@ from app.archive.rules import (
 )
 from app.archive.service import ArchiveService
 from app.errors import (
+    BadRequest,
     Forbidden,
     InvalidRequest,
     NotFound,
     RangeNotSatisfiable,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from app.jobs import queries
 from app.jobs.models import JobOutput, JobRecord
@@ -168,7 +170,7 @@ def _range(header: str | None, size: int) -> ByteRange | None:
     status_code=201,
     response_model=OutputLink,
     summary="Create a signed link to an output",
-    responses=error_responses(NotFound, InvalidRequest),
+    responses=error_responses(BadRequest, NotFound, UnsupportedMediaType, InvalidRequest),
 )
 async def create_link(
     job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],

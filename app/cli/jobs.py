@@ -18,7 +18,10 @@ from app.jobs.states import JobStatus
 if TYPE_CHECKING:
     import httpx
 
-    from poyo_relay.client import Client, Job
+    from poyo_relay.client import Client, Estimate, Job
+
+# About US$0.50: above it, `submit` asks first.
+DEFAULT_CONFIRM_CREDITS = 100.0
 
 jobs_cli = typer.Typer(help="Look at jobs through the API.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
@@ -93,6 +96,13 @@ def submit(
     timeout: Annotated[
         float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
     ] = None,
+    confirm_above: Annotated[
+        float,
+        typer.Option(min=0, help="Ask before submitting a job estimated above this many credits."),
+    ] = DEFAULT_CONFIRM_CREDITS,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Submit without asking, whatever the estimate.")
+    ] = False,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -115,10 +125,32 @@ def submit(
         if problems:
             fail(f"invalid input for model {model} (nothing was sent)", EXIT_USAGE, problems)
         with _client_errors():
+            cost = relay.jobs.estimate(model=model, input=job_input)
+        _confirm_cost(cost, above=confirm_above, yes=yes)
+        with _client_errors():
             job = relay.jobs.create(model=model, input=job_input, idempotency_key=idempotency_key)
             if wait and not job.is_terminal:
                 job = _follow(relay, job, timeout=timeout)
     _report(dict(job.raw), wait=wait, timeout=timeout, as_json=as_json)
+
+
+def _confirm_cost(cost: Estimate, *, above: float, yes: bool) -> None:
+    """Say what the job is estimated to cost; above `above` credits, ask first (or, with
+    no one to ask, refuse unless --yes)."""
+    if cost.credits is None:
+        err.print(f"estimate: unknown ({cost.reason})", highlight=False)
+        return
+    err.print(f"estimate: {cost.credits:g} credits (~${cost.usd or 0:.2f})", highlight=False)
+    if yes or cost.credits <= above:
+        return
+    if not sys.stdin.isatty():
+        fail(
+            f"this job is estimated at {cost.credits:g} credits, above --confirm-above "
+            f"{above:g}: pass --yes to submit it (nothing was sent)",
+            EXIT_USAGE,
+        )
+    if not typer.confirm(f"Submit it for about {cost.credits:g} credits?", err=True):
+        fail("not submitted", EXIT_USAGE)
 
 
 @contextlib.contextmanager

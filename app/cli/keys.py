@@ -62,3 +62,37 @@ def keys_revoke(
         err.print(f"no live key matches {name_or_id!r}")
         raise typer.Exit(EXIT_FAILED)
     out.print(f"revoked {count} key(s)")
+
+
+@keys_cli.command("budget")
+def keys_budget(
+    name: Annotated[str, typer.Argument(help="The owner: an API key's name.")],
+    daily: Annotated[
+        float | None, typer.Option(min=0.001, help="Credits a UTC day, reservations included.")
+    ] = None,
+    monthly: Annotated[
+        float | None, typer.Option(min=0.001, help="Credits a UTC month, reservations included.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the owner's budgets.")] = False,
+) -> None:
+    """Set an owner's credit budgets (jobs that would exceed one are refused with 402), or
+    show them and what is spent with neither option."""
+    from app.billing.budgets import Limits
+    from app.billing.service import budget_status, millicredits, set_budget
+
+    if clear and (daily is not None or monthly is not None):
+        err.print("[red]error:[/red] --clear takes no --daily or --monthly")
+        raise typer.Exit(EXIT_USAGE)
+    if clear or daily is not None or monthly is not None:
+        wanted = Limits(daily=millicredits(daily), monthly=millicredits(monthly))
+        with_db(lambda db: set_budget(db, name, wanted))
+    limits, today, month = with_db(lambda db: budget_status(db, name))
+
+    def shown(limit: int | None, spent: int) -> str:
+        used = f"{spent / 1000:g} spent"
+        return f"{used} (no budget)" if limit is None else f"{used} of {limit / 1000:g}"
+
+    daily_limit = limits.daily if limits else None
+    monthly_limit = limits.monthly if limits else None
+    out.print(f"{name}: today {shown(daily_limit, today)}", highlight=False)
+    out.print(f"{name}: this month {shown(monthly_limit, month)}", highlight=False)

@@ -130,6 +130,8 @@ def confirm(policy: Policy, job: Job, status: TaskStatus, now: datetime) -> Stat
         visible["progress"] = status.progress
     if target is JobStatus.SUCCEEDED:
         visible.update(JobPatch(outputs=outputs, progress=100))
+        if status.credits_amount is not None:
+            visible["cost_charged_millicredits"] = round(status.credits_amount * 1000)
         if policy.archive_outputs:
             patch.update(JobPatch(archive_status=ArchiveStatus.PENDING, archive_due_at=now))
     if target is JobStatus.FAILED:

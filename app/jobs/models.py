@@ -119,6 +119,12 @@ class Job(Base):
     archive_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     archive_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     archive_error: Mapped[str | None] = mapped_column(String(500))
+    # What the job costs, in 1/1000 credit (exact sums): estimated from the catalog's
+    # billing rule before it is sent (null, with the note saying why, when the rule cannot
+    # tell beforehand), and charged as PoYo reports it (0 for a failed job).
+    cost_estimate_millicredits: Mapped[int | None] = mapped_column(BigInteger)
+    cost_estimate_note: Mapped[str | None] = mapped_column(String(200))
+    cost_charged_millicredits: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_jobs_owner_id", "owner", "id"),

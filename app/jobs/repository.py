@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from typing_extensions import TypedDict
 
+from app.billing import repository as usage
+from app.billing.budgets import final_spend
 from app.db import row_values
 from app.db_types import JSONType, UTCDateTime
 from app.jobs.events import EventType, NewEvent
@@ -71,6 +73,7 @@ class JobPatch(TypedDict, total=False):
     archive_attempts: int
     archive_due_at: datetime | None
     archive_error: str | None
+    cost_charged_millicredits: int
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,8 @@ async def _change_status(
             "submit_started_at": None,
             "next_check_at": now if job.webhook_url and not archiving else None,
         }
+        if target is JobStatus.FAILED:
+            values["cost_charged_millicredits"] = 0  # PoYo does not charge a failed task
     else:
         values["next_check_at"] = _due(job, change.next_check, now)
     statement = (
@@ -220,8 +225,28 @@ async def _change_status(
         changed = (await conn.execute(statement)).rowcount == 1
         await add_events(conn, job.id, events if changed else change.if_refused, now)
     if changed:
+        if is_terminal(target):
+            await _record_spend(conn, job, target, change.patch)
         _note_status_change(job, target, now)
     return bool(changed)
+
+
+async def _record_spend(
+    conn: AsyncConnection, job: Job, target: JobStatus, patch: JobPatch
+) -> None:
+    """The ended job's reservation becomes what it spent, in its owner's usage."""
+    failed = target is JobStatus.FAILED
+    charged = 0 if failed else patch.get("cost_charged_millicredits")
+    estimate = job.cost_estimate_millicredits
+    spent = final_spend(estimate=estimate, charged=charged, failed=failed)
+    await usage.record_ended(
+        conn,
+        owner=job.owner,
+        day=job.created_at.date(),
+        model=job.model,
+        spend_change=spent - (estimate or 0),
+        charged=charged or 0,
+    )
 
 
 async def _change_in_one_statement(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app.errors import (
     BadRequest,
+    BudgetExceeded,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -91,7 +92,13 @@ IdempotencyKeyHeader = Annotated[
     responses={
         200: {"model": JobOut, "description": "Replay of an earlier request with this key"},
         **error_responses(
-            BadRequest, Conflict, UnsupportedMediaType, InvalidRequest, RateLimited, Unavailable
+            BadRequest,
+            BudgetExceeded,
+            Conflict,
+            UnsupportedMediaType,
+            InvalidRequest,
+            RateLimited,
+            Unavailable,
         ),
     },
 )

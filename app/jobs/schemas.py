@@ -3,6 +3,7 @@ typed dict that the OpenAPI document shows (mypy checks one against the other)."
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +17,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from app.billing.estimate import USD_PER_CREDIT
 from app.jobs.models import EventRecord, JobError, JobOutput, JobRecord, read_output
 from app.jobs.states import ArchiveStatus, JobStatus
 from app.timeutil import isoformat_z
@@ -125,12 +127,30 @@ JOB_EXAMPLE: dict[str, JsonValue] = {
         }
     ],
     "archive": {"status": "archived", "attempts": 1, "error": None},
+    "cost": {
+        "credits_estimated": 90.0,
+        "credits_charged": 90.0,
+        "currency_estimate_usd": 0.45,
+        "estimate_reason": None,
+    },
     "error": None,
     "created_at": "2025-11-12T10:30:00.000Z",
     "updated_at": "2025-11-12T10:32:10.000Z",
     "submitted_at": "2025-11-12T10:30:00.120Z",
     "completed_at": "2025-11-12T10:32:10.000Z",
 }
+
+
+class CostInfo(TypedDict):
+    """What the job costs, in PoYo credits (1 credit ≈ US$0.005): estimated from the
+    model's billing rule before it was sent (null when the rule cannot tell beforehand:
+    `estimate_reason` says why), and charged as PoYo reported it (0 for a failed job; null
+    until known). The dollar figure is of the charge when known, else of the estimate."""
+
+    credits_estimated: float | None
+    credits_charged: float | None
+    currency_estimate_usd: float | None
+    estimate_reason: str | None
 
 
 class ArchiveInfo(TypedDict):
@@ -163,6 +183,7 @@ class JobOut(TypedDict):
     progress: Annotated[int, Field(ge=0, le=100)]
     outputs: list[JobOutput]
     archive: ArchiveInfo | None
+    cost: CostInfo
     error: JobError | None
     created_at: Timestamp
     updated_at: Timestamp
@@ -208,11 +229,30 @@ def job_to_dict(job: JobRecord) -> JobOut:
         "progress": job.progress or 0,
         "outputs": [read_output(output) for output in job.outputs] if job.outputs else [],
         "archive": _archive_info(job),
+        "cost": _cost_info(job),
         "error": job.error,
         "created_at": isoformat_z(job.created_at),
         "updated_at": isoformat_z(job.updated_at),
         "submitted_at": isoformat_z(job.submitted_at),
         "completed_at": isoformat_z(job.completed_at),
+    }
+
+
+def _credits(millicredits: int | None) -> float | None:
+    return None if millicredits is None else millicredits / 1000
+
+
+def _cost_info(job: JobRecord) -> CostInfo:
+    estimated = job.cost_estimate_millicredits
+    charged = job.cost_charged_millicredits
+    basis = charged if charged is not None else estimated
+    return {
+        "credits_estimated": _credits(estimated),
+        "credits_charged": _credits(charged),
+        "currency_estimate_usd": (
+            None if basis is None else round(float(Fraction(basis, 1000) * USD_PER_CREDIT), 4)
+        ),
+        "estimate_reason": job.cost_estimate_note,
     }
 
 

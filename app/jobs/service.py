@@ -18,6 +18,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth.models import Caller
 from app.auth.ratelimit import charge
+from app.billing import service as budgets
+from app.billing.estimate import Estimate, estimate
+from app.catalog.compiled import Catalog
 from app.catalog.service import CatalogService
 from app.config import Settings
 from app.db import Database, is_unavailable
@@ -43,6 +46,15 @@ log = structlog.get_logger(__name__)
 def request_fingerprint(body: JobCreate) -> str:
     canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _estimate(catalog: Catalog, body: JobCreate) -> Estimate:
+    """The job's estimated cost; a price rule we fail to read never stops a job."""
+    try:
+        return estimate(catalog.spec(body.model).entry, body.input)
+    except Exception:
+        log.exception("estimate_failed", model=body.model)
+        return Estimate.unknown("the model's price rule could not be applied to this input")
 
 
 class JobService:
@@ -75,13 +87,16 @@ class JobService:
         """Store the job, then submit it. Returns the job and whether it was created now."""
         catalog = await self.catalogs.current()
         catalog.validate(body.model, body.input)
+        cost = _estimate(catalog, body)
         fingerprint = request_fingerprint(body) if idempotency_key else None
         if idempotency_key:
             replay = await self._replay(caller, idempotency_key, fingerprint)
             if replay is not None:
                 return replay, False
         try:
-            job = await self._insert(caller, body, catalog.version, idempotency_key, fingerprint)
+            job = await self._insert(
+                caller, body, catalog.version, cost, idempotency_key, fingerprint
+            )
         except IntegrityError:
             # Another request with the same key won the race; answer with its job.
             assert idempotency_key is not None
@@ -107,6 +122,13 @@ class JobService:
             log.warning("submission_not_recorded", job_id=job.id, error_type=type(exc).__name__)
             return job, True
 
+    async def estimate(self, body: JobCreate) -> tuple[str, Estimate]:
+        """What `body` would cost as a job (its input checked as a job's would be), and
+        the catalog version that says so; nothing is stored or sent."""
+        catalog = await self.catalogs.current()
+        catalog.validate(body.model, body.input)
+        return catalog.version, _estimate(catalog, body)
+
     async def _replay(self, caller: Caller, key: str, fingerprint: str | None) -> Job | None:
         cutoff = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         async with self.db.read() as session:
@@ -122,6 +144,7 @@ class JobService:
         caller: Caller,
         body: JobCreate,
         catalog_version: str,
+        cost: Estimate,
         idempotency_key: str | None,
         fingerprint: str | None,
     ) -> Job:
@@ -129,11 +152,18 @@ class JobService:
         # starts once its turn has come.
         async with self.db.write(Priority.ADMISSION) as conn:
             now = utcnow()
-            job = self._new_job(caller, body, catalog_version, now)
+            job = self._new_job(caller, body, catalog_version, cost, now)
             if caller.key_id is not None:
                 await charge(
                     conn, key_id=caller.key_id, limit=self.settings.rate_limit_jobs_per_minute
                 )
+            await budgets.admit(
+                conn,
+                owner=job.owner,
+                model=job.model,
+                day=job.created_at.date(),
+                estimate=job.cost_estimate_millicredits,
+            )
             created = NewEvent(
                 EventType.JOB_CREATED, {"model": body.model, "key_id": caller.key_id}
             )
@@ -150,7 +180,9 @@ class JobService:
                 await repo.claim_idempotency_key(conn, key, expired_before=expired)
         return job
 
-    def _new_job(self, caller: Caller, body: JobCreate, catalog_version: str, now: datetime) -> Job:
+    def _new_job(
+        self, caller: Caller, body: JobCreate, catalog_version: str, cost: Estimate, now: datetime
+    ) -> Job:
         job_id = new_job_id(now)
         created_at = job_id_time(job_id)
         lease = timedelta(seconds=self.settings.worker_lease_seconds)
@@ -163,6 +195,8 @@ class JobService:
             input=body.input,  # as given: PoYo receives exactly what the client sent
             metadata_=dict(body.metadata),
             webhook_url=body.webhook_url,
+            cost_estimate_millicredits=cost.millicredits,
+            cost_estimate_note=cost.reason,
             created_at=created_at,
             updated_at=created_at,
             # The API holds the first submission attempt; if this process dies before it

@@ -1,4 +1,5 @@
-"""The PoYo HTTP client: submit and status, bearer auth, timeouts, error mapping, retries.
+"""The PoYo HTTP client: submit, status and the account's balance; bearer auth, timeouts,
+error mapping, retries.
 
 Only transient failures are retried. A submission is retried inline only when the
 provider answered with an error or was never reached: retrying one that timed out could
@@ -27,7 +28,7 @@ from tenacity import (
 )
 
 from app.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
-from app.provider.schemas import CatalogPage, SubmittedTask, TaskStatus, unwrap
+from app.provider.schemas import AccountBalance, CatalogPage, SubmittedTask, TaskStatus, unwrap
 
 T = TypeVar("T")
 
@@ -37,6 +38,7 @@ MAX_RESPONSE_BYTES = 1_048_576
 # A provider's Retry-After beyond this is taken as this: time arithmetic must not overflow.
 MAX_RETRY_AFTER = 86_400.0
 CATALOG_PATH = "/v1/catalog/models"
+BALANCE_PATH = "/api/user/balance"
 MAX_CATALOG_ITEMS = 10_000
 MAX_CATALOG_PAGE_BYTES = 16 * 1_048_576
 
@@ -252,6 +254,22 @@ class PoyoClient:
             path = "/api/generate/status/" + quote(task_id, safe="")
             response = await self._request("status", "GET", path, None)
             return _parse(response, TaskStatus)
+
+        return await self._retrying(call, idempotent=True)
+
+    async def balance(self) -> float:
+        """The account's credit balance. An answer without a readable amount is a
+        provider error like any other (counted, and retried inline)."""
+
+        async def call() -> float:
+            response = await self._request("balance", "GET", BALANCE_PATH, None)
+            try:
+                amount = _parse(response, AccountBalance).amount
+            except ProviderError as exc:
+                PROVIDER_ERRORS.labels("balance", exc.kind).inc()
+                raise
+            assert amount is not None  # (the schema refuses an answer without one)
+            return amount
 
         return await self._retrying(call, idempotent=True)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema_rs
 
+from app.billing.estimate import estimate
 from app.catalog.compiled import MASK, schema_problems
 from app.catalog.document import GENERATE, Document, Entry, version_of
 from app.sandbox.media import AUDIO, IMAGE, MODEL_3D, TIMESTAMPS, VIDEO, Kind
@@ -58,6 +59,11 @@ class PlayedCatalog:
             first = problems[0]
             return f"invalid input: {'.'.join(first['loc'][2:]) or 'input'}: {first['msg']}"
         return None
+
+    def charge(self, model_id: str, data: dict[str, Any]) -> float | None:
+        """What a finished task costs: the catalog's price for this input, as poyo-relay
+        estimates it (None where the rule depends on what the task made)."""
+        return estimate(self.models[model_id].entry, data).credits
 
     def outputs(self, model_id: str, data: dict[str, Any]) -> list[Kind]:
         """The files a finished task returns: `n` images when asked, TTS audio with its

@@ -13,6 +13,10 @@ accepted, dropped, duplicated, delayed or reordered callbacks) are drawn from a 
 random generator, so runs can be repeated. In a prompt, `[fail]` makes the task fail and
 `[reject]` makes the submission refused.
 
+The account has a balance (`GET /api/user/balance`, starting at `balance_credits`): each
+task that finishes consumes what it costs (its `credits_amount`), once; a failed one costs
+nothing.
+
 Operators drive it over HTTP: `PATCH /_sandbox/faults`, `GET /_sandbox/stats`,
 `GET /_sandbox/tasks`, `POST /_sandbox/reset`.
 """
@@ -31,6 +35,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 import httpx
@@ -93,6 +98,10 @@ class Faults(BaseModel):
     file_unsized_rate: float = Field(default=0, ge=0, le=1)
     # A pause between the 4 KiB pieces of a body sent without Content-Length (a trickle).
     file_chunk_delay_seconds: float = Field(default=0, ge=0, le=60)
+    # The account's balance in credits; setting it (PATCH) tops the account up or down
+    # to this amount now, and tasks finishing afterwards consume it.
+    balance_credits: float = Field(default=100_000, ge=0, le=1e9)
+    balance_error_rate: float = Field(default=0, ge=0, le=1)
     seed: int | None = None
 
 
@@ -108,6 +117,7 @@ class SimTask:
     queue_seconds: float
     run_seconds: float
     fails: bool
+    credits: float | None = None  # charged when it finishes (a failed task costs nothing)
     callbacks_sent: int = 0
 
     @property
@@ -134,7 +144,7 @@ class SimTask:
             status, progress, error = "failed", 100, "simulated generation failure"
         else:
             status, progress, files = "finished", 100, self.files
-        return {
+        view: dict[str, Any] = {
             "task_id": self.task_id,
             "status": status,
             "progress": progress,
@@ -142,6 +152,9 @@ class SimTask:
             "created_time": self.created_wall.strftime("%Y-%m-%dT%H:%M:%S"),
             "error_message": error,
         }
+        if status == "finished" and self.credits is not None:
+            view["credits_amount"] = self.credits
+        return view
 
 
 @dataclass
@@ -157,6 +170,25 @@ class SimulatorState:
     deliveries: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     http: httpx.AsyncClient | None = None
+    # The account's balance (exact sums of the tasks' charges), and the tasks that may
+    # still have to pay for themselves.
+    balance: Decimal = Decimal(0)
+    unsettled: list[SimTask] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.balance = _decimal(self.faults.balance_credits)
+
+    def settle(self, now: float) -> Decimal:
+        """Charge every task that has finished since the last settlement (once each; a
+        failed one costs nothing); the balance after."""
+        waiting = []
+        for task in self.unsettled:
+            if now < task.finished_at:
+                waiting.append(task)
+            elif not task.fails and task.credits is not None:
+                self.balance -= _decimal(task.credits)
+        self.unsettled = waiting
+        return self.balance
 
     def roll(self, rate: float, name: str) -> bool:
         hit = rate > 0 and self.rng.random() < rate
@@ -178,6 +210,10 @@ class SimulatorState:
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+
+
+def _decimal(credits: float) -> Decimal:
+    return Decimal(repr(credits))
 
 
 def _poyo_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -229,7 +265,11 @@ async def _fault_response(state: SimulatorState, endpoint: str) -> Response | No
         response = _poyo_error(429, "rate limit exceeded", "rate_limit_error")
         response.headers["Retry-After"] = str(faults.retry_after_seconds)
         return response
-    error_rate = faults.submit_error_rate if endpoint == "submit" else faults.status_error_rate
+    error_rate = {
+        "submit": faults.submit_error_rate,
+        "status": faults.status_error_rate,
+        "balance": faults.balance_error_rate,
+    }[endpoint]
     if state.roll(error_rate, f"{endpoint}.server_error"):
         return _poyo_error(500, "internal error (simulated)", "server_error")
     if state.roll(faults.reset_rate, f"{endpoint}.reset"):
@@ -384,8 +424,10 @@ def create_simulator(
             queue_seconds=state.faults.queue_seconds,
             run_seconds=state.faults.run_seconds,
             fails="[fail]" in text or state.roll(state.faults.fail_rate, "task.failed"),
+            credits=state.catalog.charge(body["model"], task_input),
         )
         state.tasks[task.task_id] = task
+        state.unsettled.append(task)
         if task.callback_url:
             delivery = asyncio.create_task(_deliver(state, task))
             state.pending.add(delivery)
@@ -411,6 +453,16 @@ def create_simulator(
         if task is None:
             return _poyo_error(404, "task not found", "not_found_error")
         return JSONResponse({"code": 200, "data": task.view(asyncio.get_running_loop().time())})
+
+    @app.get("/api/user/balance")
+    async def balance(request: Request) -> Response:
+        if not _authorized(state, request):
+            return _poyo_error(401, "invalid API key", "authentication_error")
+        fault = await _fault_response(state, "balance")
+        if fault is not None:
+            return fault
+        credits = float(state.settle(asyncio.get_running_loop().time()))
+        return JSONResponse({"code": 200, "msg": "success", "data": {"balance": credits}})
 
     @app.get("/files/{task_id}/{name}")
     async def files(task_id: str, name: str) -> Response:
@@ -458,6 +510,9 @@ def create_simulator(
         state.faults = state.faults.model_copy(update=changes.model_dump(exclude_unset=True))
         if changes.seed is not None:
             state.rng.seed(changes.seed)
+        if "balance_credits" in changes.model_fields_set:
+            state.settle(asyncio.get_running_loop().time())  # what finished paid the old one
+            state.balance = _decimal(changes.balance_credits)
         return state.faults
 
     @app.get("/_sandbox/faults")
@@ -476,6 +531,7 @@ def create_simulator(
             "faults_injected": dict(state.injected),
             "callback_deliveries": dict(state.deliveries),
             "pending_callbacks": len(state.pending),
+            "balance_credits": float(state.settle(asyncio.get_running_loop().time())),
         }
 
     @app.get("/_sandbox/tasks")
@@ -499,6 +555,8 @@ def create_simulator(
         state.injected.clear()
         state.deliveries.clear()
         state.by_key.clear()  # its answers name tasks that are gone
+        state.unsettled.clear()
+        state.balance = _decimal(state.faults.balance_credits)
         return {"reset": True}
 
     return app

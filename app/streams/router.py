@@ -40,7 +40,20 @@ _SSE: dict[int | str, dict[str, Any]] = {
         "description": "A `text/event-stream`: messages `id: <event id>` with "
         '`data: {"event": …, "job": …}`, `: keep-alive` heartbeats'
         " (docs/API.md, Streams)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # Each event as SSE parsers read it; `data` is one line of JSON.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[0-9]+$"},
+                        "event": {"type": "string", "enum": ["message", "end"]},
+                        "data": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
     }
 }
 

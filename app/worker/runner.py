@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -50,10 +50,50 @@ class QueueGauges:
                 await asyncio.wait_for(stopping.wait(), GAUGE_INTERVAL_SECONDS)
 
 
+class Periodic:
+    """A service's `run_once()` (the production body, what tests drive), run every
+    `seconds`, the first time after `first_delay`, until the worker stops. A failure is
+    logged, and the next run comes on time."""
+
+    def __init__(
+        self,
+        name: str,
+        run_once: Callable[[], Awaitable[object]],
+        *,
+        seconds: float,
+        first_delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.run_once = run_once
+        self.seconds = seconds
+        self.first_delay = first_delay
+
+    async def serve(self, stopping: asyncio.Event) -> None:
+        delay = self.first_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            if stopping.is_set():
+                return
+            try:
+                await self.run_once()
+            except Exception as exc:
+                log.warning("worker_periodic_failed", task=self.name, error_type=type(exc).__name__)
+            delay = self.seconds
+
+
 class Worker:
-    def __init__(self, *, db: Database, loops: Sequence[ClaimLoop], lease_owner: str) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        loops: Sequence[ClaimLoop],
+        lease_owner: str,
+        periodic: Sequence[Periodic] = (),
+    ) -> None:
         self.lease_owner = lease_owner
         self.loops = {loop.name: loop for loop in loops}
+        self.periodic = {task.name: task for task in periodic}
         self.gauges = QueueGauges(db, self.loops)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +107,7 @@ class Worker:
         log.info("worker_started", lease_owner=self.lease_owner)
         runners = [asyncio.create_task(loop.serve()) for loop in self.loops.values()]
         runners.append(asyncio.create_task(self.gauges.serve(self._stopping)))
+        runners += [asyncio.create_task(p.serve(self._stopping)) for p in self.periodic.values()]
         try:
             await asyncio.gather(*runners)
         except asyncio.CancelledError:

@@ -38,6 +38,7 @@ from poyo_relay.client.errors import (
 from poyo_relay.client.types import (
     ArchiveState,
     ArchiveStatus,
+    Estimate,
     Job,
     JobError,
     JobEvent,
@@ -62,6 +63,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "ErrorDetail",
+    "Estimate",
     "InvalidRequest",
     "InvalidResponse",
     "Job",

@@ -16,7 +16,7 @@ from poyo_relay.client import _requests as api
 from poyo_relay.client._base import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, BaseClient
 from poyo_relay.client._retry import Retrying
 from poyo_relay.client._stream import Deadline, StreamSession, Waiting
-from poyo_relay.client.types import Job, JobEvent, JobStatus, JobUpdate, Model
+from poyo_relay.client.types import Estimate, Job, JobEvent, JobStatus, JobUpdate, Model
 
 T = TypeVar("T")
 
@@ -172,6 +172,11 @@ class AsyncJobs:
                 wait=wait,
             )
         )
+
+    async def estimate(self, *, model: str, input: Mapping[str, Any]) -> Estimate:
+        """What a job with this input would cost (`POST /v1/estimates`), checked as a job's
+        would be (`InvalidRequest` if not); nothing is created or sent."""
+        return await self._client._call(api.estimate_job(model=model, input=input))
 
     async def get(self, id: str, *, wait: float | None = None) -> Job:
         """The job (`GET /v1/jobs/{id}`, a long-poll with `wait`), as `Jobs.get`."""

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from poyo_relay.client.errors import InvalidResponse
-from poyo_relay.client.types import Job, JobEvent, JobStatus, Model
+from poyo_relay.client.types import Estimate, Job, JobEvent, JobStatus, Model
 
 T = TypeVar("T")
 
@@ -175,6 +175,12 @@ def create_job(
         wait=wait or 0.0,
     )
     return Call(spec, Job.from_dict)
+
+
+def estimate_job(*, model: str, input: Mapping[str, Any]) -> Call[Estimate]:
+    """`POST /v1/estimates`: what a job with this input would cost; nothing is created."""
+    spec = RequestSpec("POST", "/v1/estimates", json={"model": model, "input": dict(input)})
+    return Call(spec, Estimate.from_dict)
 
 
 def get_job(job_id: str, *, wait: float | None = None) -> Call[Job]:

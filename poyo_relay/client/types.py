@@ -257,6 +257,32 @@ class JobUpdate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    """What a job would cost (`POST /v1/estimates`), in PoYo credits (1 credit ≈ US$0.005);
+    `credits` is None when the model's billing rule cannot tell before the job runs, and
+    `reason` says why."""
+
+    model: str
+    credits: float | None
+    usd: float | None
+    reason: str | None
+    catalog_version: str | None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Estimate:
+        credits, usd = data.get("credits"), data.get("currency_estimate_usd")
+        return cls(
+            model=str(data.get("model", "")),
+            credits=None if credits is None else float(credits),
+            usd=None if usd is None else float(usd),
+            reason=data.get("reason"),
+            catalog_version=data.get("catalog_version"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
 class Model:
     """A model jobs can use: its id, category, the JSON Schema its input is validated
     against, one of PoYo's examples and PoYo's billing rule."""
