@@ -74,6 +74,17 @@ class Size:
     waiters_ingest_seconds: float
     waiters_pool_jobs: int
     waiters_finish_seconds: float
+    # costs: usage with a small and a large history (timed requests per query and size,
+    # warm-up requests), then POST /v1/jobs without and with a budget: rounds of each,
+    # seconds per round, seconds of warm-up
+    costs_small: int
+    costs_large: int
+    costs_samples: int
+    costs_warmup: int
+    costs_rounds: int
+    costs_seconds: float
+    costs_warmup_seconds: float
+    costs_admission_calls: int  # budgets.admit() timed in-process, per variant
 
 
 SIZES = {
@@ -97,6 +108,14 @@ SIZES = {
         waiters_ingest_seconds=2.0,
         waiters_pool_jobs=20_000,
         waiters_finish_seconds=1.5,
+        costs_small=2_000,
+        costs_large=20_000,
+        costs_samples=40,
+        costs_warmup=5,
+        costs_rounds=1,
+        costs_seconds=1.5,
+        costs_warmup_seconds=1.0,
+        costs_admission_calls=300,
     ),
     "full": Size(
         name="full",
@@ -118,6 +137,14 @@ SIZES = {
         waiters_ingest_seconds=20.0,
         waiters_pool_jobs=100_000,
         waiters_finish_seconds=8.0,
+        costs_small=10_000,
+        costs_large=1_000_000,
+        costs_samples=400,
+        costs_warmup=50,
+        costs_rounds=12,
+        costs_seconds=4.0,
+        costs_warmup_seconds=2.0,
+        costs_admission_calls=4_000,
     ),
 }
 

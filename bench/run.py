@@ -2,7 +2,7 @@
 machine and a table per benchmark.
 
     python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
-                        [--only ingest,reads,e2e,catalog,archive,waiters]
+                        [--only ingest,reads,e2e,catalog,archive,waiters,costs]
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
 in a list query's plan). Missed performance goals are printed, never fatal: the figures are
@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import archive, catalog, e2e, ingest, profile, reads, waiters
+from bench import archive, catalog, costs, e2e, ingest, profile, reads, waiters
 from bench.common import (
     BACKENDS,
     BENCH_DIR,
@@ -36,7 +36,7 @@ from bench.common import (
 from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
-BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive", "waiters")
+BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive", "waiters", "costs")
 # Benchmarks whose database only keeps bookkeeping: run once, on SQLite when it is chosen.
 ONCE = frozenset({"archive"})
 # Benchmarks of what only PostgreSQL does (LISTEN/NOTIFY across processes).
@@ -77,8 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy one ingest worker during (a) and (c), the e2e service, and the waiters' "
-        "server during an extra loaded run; print where the time goes",
+        help="py-spy one ingest worker during (a) and (c), the e2e service, the waiters' "
+        "server during an extra loaded run, and the costs server during one more round of "
+        "each variant; print where the time goes",
     )
     parser.add_argument(
         "--ingest-factory",
@@ -130,6 +131,13 @@ async def main_async(args: argparse.Namespace) -> int:
                         outcome = await ingest.run_backend(backend, size, options, sampler)
                     elif name == "reads":
                         outcome = await reads.run_backend(backend, size, sampler)
+                    elif name == "costs":
+                        outcome = await costs.run_backend(
+                            backend,
+                            size,
+                            sampler,
+                            BENCH_DIR / "results" if args.profile else None,
+                        )
                     elif name == "catalog":
                         outcome = await catalog.run_backend(backend, size, sampler)
                     elif name == "archive":
