@@ -6,9 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.billing.budgets import Limits
@@ -84,21 +95,47 @@ async def limits_for_admission(conn: AsyncConnection, owner: str) -> Limits | No
     return None if row is None else Limits(daily=row[0], monthly=row[1])
 
 
-async def spent_between(conn: AsyncConnection, owner: str, first: date, last: date) -> int:
-    """What `owner` spent (reserved included) on the days `first`..`last`."""
-    query = select(func.coalesce(func.sum(_USAGE.spent_millicredits), 0)).where(
-        _USAGE.owner == owner, _USAGE.day >= first, _USAGE.day <= last
-    )
-    return int((await conn.execute(query)).scalar_one())
+# Built once: what admission reads for every job of an owner with a budget.
+_SPENT_DAY_AND_MONTH = select(
+    cast(
+        func.coalesce(
+            func.sum(case((_USAGE.day == bindparam("day"), _USAGE.spent_millicredits), else_=0)),
+            0,
+        ),
+        BigInteger,
+    ),
+    cast(func.coalesce(func.sum(_USAGE.spent_millicredits), 0), BigInteger),
+).where(
+    _USAGE.owner == bindparam("owner"),
+    _USAGE.day >= bindparam("month_start"),
+    _USAGE.day <= bindparam("day"),
+)
 
 
-GROUPS = {"day": _USAGE.day, "model": _USAGE.model}
+async def spent_day_and_month(
+    conn: AsyncConnection, owner: str, day: date, month_start: date
+) -> tuple[int, int]:
+    """What `owner` spent on `day` and in its month up to it, in one statement (run after
+    the budget row is locked: it then sees every admission that went before)."""
+    params = {"owner": owner, "day": day, "month_start": month_start}
+    today, month = (await conn.execute(_SPENT_DAY_AND_MONTH, params)).one()
+    return int(today), int(month)
 
 
-@dataclass(frozen=True)
-class UsageSum:
+# The day as ISO text, and integer sums, straight from the database.
+GROUPS: dict[str, ColumnElement[str]] = {
+    "day": cast(_USAGE.day, String(10)),
+    "model": _USAGE.model,
+}
+
+
+def _total(column: Any, name: str) -> Any:
+    return cast(func.sum(column), BigInteger).label(name)
+
+
+class UsageSum(NamedTuple):
     """One group's sums; `owner` is set when grouped by owner, `key` is the day (ISO) or
-    the model."""
+    the model. (A tuple: an admin's answer has a row per owner and day.)"""
 
     owner: str | None
     key: str
@@ -125,11 +162,11 @@ async def usage(
     query = (
         select(
             *keys,
-            func.sum(_USAGE.jobs).label("jobs"),
-            func.sum(_USAGE.unestimated_jobs).label("unestimated_jobs"),
-            func.sum(_USAGE.estimated_millicredits).label("estimated"),
-            func.sum(_USAGE.charged_millicredits).label("charged"),
-            func.sum(_USAGE.spent_millicredits).label("spent"),
+            _total(_USAGE.jobs, "jobs"),
+            _total(_USAGE.unestimated_jobs, "unestimated_jobs"),
+            _total(_USAGE.estimated_millicredits, "estimated"),
+            _total(_USAGE.charged_millicredits, "charged"),
+            _total(_USAGE.spent_millicredits, "spent"),
         )
         .where(_USAGE.day >= first, _USAGE.day <= last)
         .group_by(*keys)
@@ -137,13 +174,10 @@ async def usage(
     )
     if owner is not None:
         query = query.where(_USAGE.owner == owner)
-    sums = []
-    for row in await conn.execute(query):
-        values = tuple(row)
-        who, rest = (values[0], values[1:]) if by_owner else (None, values)
-        key = rest[0].isoformat() if isinstance(rest[0], date) else str(rest[0])
-        sums.append(UsageSum(who, key, *(int(value or 0) for value in rest[1:])))
-    return sums
+    result = await conn.execute(query)
+    if by_owner:
+        return [UsageSum._make(row) for row in result]
+    return [UsageSum._make((None, *row)) for row in result]
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,7 @@ async def admit(
     transaction ends, so concurrent admissions (on any replica) are judged one by one."""
     limits = await repo.limits_for_admission(conn, owner)
     if limits is not None:
-        today = await repo.spent_between(conn, owner, day, day) if limits.daily else 0
-        month = (
-            await repo.spent_between(conn, owner, month_start(day), day) if limits.monthly else 0
-        )
+        today, month = await repo.spent_day_and_month(conn, owner, day, month_start(day))
         exceeded = overrun(limits, spent_today=today, spent_month=month, estimate=estimate)
         if exceeded is not None:
             raise _refusal(exceeded)
@@ -81,8 +78,9 @@ async def budget_status(db: Database, owner: str) -> tuple[Limits | None, int, i
     today = utcnow().date()
     async with db.read_connection() as conn:
         found = await repo.budget(conn, owner)
-        spent_today = await repo.spent_between(conn, owner, today, today)
-        spent_month = await repo.spent_between(conn, owner, month_start(today), today)
+        spent_today, spent_month = await repo.spent_day_and_month(
+            conn, owner, today, month_start(today)
+        )
     return (found.limits if found else None), spent_today, spent_month
 
 
