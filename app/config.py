@@ -59,11 +59,25 @@ class Settings(BaseSettings):
     # ask the provider now, so that progress moves for whoever watches (0: never).
     progress_refresh_seconds: float = Field(default=5, ge=0, le=3600)
 
-    # --- client webhooks (a job's webhook_url hears when it ends) ---------------------------
-    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+    # --- client webhooks (README, Webhooks) ---------------------------------------------
+    # Seconds before each retry of a failed delivery (the first try is at once), with
+    # jitter; Svix's schedule. A delivery is given up after the last.
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000", pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?){0,19}$"
+    )
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
-    # Off: webhooks to loopback, private or link-local addresses are refused (SSRF).
+    # Off: webhooks to loopback, private, link-local and other non-public addresses are
+    # refused (SSRF), at registration and at every delivery.
     webhook_allow_private: bool = False
+    # Deliveries one worker process sends at once, and to any one endpoint at once.
+    webhook_concurrency: int = Field(default=64, ge=1, le=1000)
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=100)
+    # An endpoint that has failed every attempt for this long is disabled.
+    webhook_disable_after_seconds: float = Field(default=5 * 86400, gt=0)
+    # After a secret rotation the previous secret signs too, for this long.
+    webhook_secret_overlap_seconds: float = Field(default=86400, ge=0)
+    # job.progress is sent at most this often per job.
+    webhook_progress_seconds: float = Field(default=5, ge=0, le=3600)
 
     # --- waiting and streams (README, Results without polling) ----------------------------
     # A comment line on idle streams at least this often, so proxies keep them open.
@@ -201,6 +215,10 @@ class Settings(BaseSettings):
         if self.sandbox_mode and self.poyo_base_url == DEFAULT_POYO_BASE_URL:
             return self.public_base_url + SANDBOX_MOUNT_PATH
         return self.poyo_base_url
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_schedule.split(","))
 
     @property
     def is_sqlite(self) -> bool:

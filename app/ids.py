@@ -32,3 +32,11 @@ def first_job_id_at(moment: datetime) -> str:
     millis = int(moment.timestamp() * 1000)
     millis = min(max(millis, 0), 2**48 - 1)
     return JOB_PREFIX + str(ULID(millis.to_bytes(6, "big") + b"\x00" * 10)).lower()
+
+
+def new_endpoint_id() -> str:
+    return "ep_" + str(ULID()).lower()
+
+
+def new_message_id() -> str:
+    return "msg_" + str(ULID()).lower()

@@ -140,3 +140,17 @@ for _result in ("archived", "retrying", "abandoned"):
     ARCHIVE_JOBS.labels(_result)
 for _scope in ("job", "all"):
     OPEN_STREAMS.labels(_scope)
+WEBHOOK_ATTEMPTS = Counter(
+    "poyo_relay_webhook_attempts_total",
+    "Webhook delivery attempts, by what became of the delivery "
+    "(succeeded, pending: to be retried, failed: given up)",
+    ["result"],
+    registry=REGISTRY,
+)
+for _result in ("succeeded", "pending", "failed"):
+    WEBHOOK_ATTEMPTS.labels(_result)  # published at 0 before the first attempt
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "poyo_relay_webhook_endpoints_disabled_total",
+    "Webhook endpoints disabled by the delivery loop (410 Gone, or failing too long)",
+    registry=REGISTRY,
+)

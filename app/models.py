@@ -5,6 +5,7 @@ from app.billing.models import Budget, ProviderAccount, UsageDay
 from app.catalog.models import CatalogVersion
 from app.jobs.models import IdempotencyKey, Job, JobEvent
 from app.keyring.models import ServiceSecret
+from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 __all__ = [
     "ApiKey",
@@ -17,4 +18,8 @@ __all__ = [
     "RateLimitWindow",
     "ServiceSecret",
     "UsageDay",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookMessage",
 ]

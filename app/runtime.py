@@ -27,15 +27,16 @@ from app.db import Database, is_unavailable
 from app.jobs.confirmation import Confirmation
 from app.jobs.leases import Queue
 from app.jobs.service import JobService
-from app.jobs.states import IN_FLIGHT, TERMINAL, JobStatus
+from app.jobs.states import IN_FLIGHT, JobStatus
 from app.keyring.models import ServerKey
 from app.keyring.service import load_server_key
 from app.provider.client import PoyoClient
 from app.streams.feed import ChangeFeed
 from app.streams.service import StreamService
-from app.webhooks.service import WebhookSender
+from app.webhooks.delivery import Deliverer
+from app.webhooks.service import EndpointService
 from app.worker.loops import ClaimLoop, Handler
-from app.worker.runner import Periodic, Worker
+from app.worker.runner import Background, Periodic, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,6 @@ def worker_queues(settings: Settings) -> dict[str, Queue]:
         "expire": Queue(in_flight, overdue_after=deadline),
         "submit": Queue((JobStatus.PENDING,)),
         "reconcile": Queue(in_flight),
-        "webhook": Queue(tuple(sorted(TERMINAL))),
         "archive": Queue((JobStatus.SUCCEEDED,), due_at="archive_due_at"),
     }
 
@@ -86,7 +86,7 @@ class Runtime:
     jobs: JobService
     confirmation: Confirmation
     callbacks: CallbackService
-    webhooks: WebhookSender
+    webhook_endpoints: EndpointService
     archive: ArchiveService
     output_links: OutputLinks
     wakeup: Wakeup
@@ -149,7 +149,7 @@ class Runtime:
                 webhook_tolerance=settings.webhook_tolerance_seconds,
                 on_received=wakeup.notify,
             ),
-            webhooks=WebhookSender(settings=settings, db=db, server_key=server_key),
+            webhook_endpoints=EndpointService(settings=settings, db=db, server_key=server_key),
             archive=archive_service(settings, db),
             output_links=OutputLinks(server_key),
             wakeup=wakeup,
@@ -173,23 +173,27 @@ class Runtime:
     def worker(self, lease_owner: str | None = None) -> Worker:
         """The worker's loops: expire (in-flight jobs past their deadline: a last check,
         then failure), submit (pending jobs), reconcile (in-flight jobs a callback asked to
-        confirm, or silent too long), webhook (ended jobs that owe their webhook_url), and,
-        unless ARCHIVE_ENABLED=false, archive (succeeded jobs whose outputs are due to be
-        kept). Beside them, unless BALANCE_CHECK_SECONDS=0, it reads PoYo's balance."""
+        confirm, or silent too long), and, unless ARCHIVE_ENABLED=false, archive (succeeded
+        jobs whose outputs are due to be kept). Beside them, the webhook delivery loop sends
+        the outbox's due deliveries and, unless BALANCE_CHECK_SECONDS=0, a check reads
+        PoYo's balance."""
         owner = lease_owner or f"worker:{self.instance}"
         queues = worker_queues(self.settings)
         loops = [
             self._loop("expire", queues["expire"], self.confirmation.refresh, owner),
             self._loop("submit", queues["submit"], self.jobs.submit_due, owner),
             self._loop("reconcile", queues["reconcile"], self.confirmation.refresh, owner),
-            self._loop("webhook", queues["webhook"], self.webhooks.deliver, owner),
         ]
         if self.settings.archive_enabled:
             slots = self.settings.archive_concurrency
             loops.append(
                 self._loop("archive", queues["archive"], self.archive.archive, owner, slots)
             )
-        periodic = []
+        background: list[Background] = [
+            Deliverer(
+                settings=self.settings, db=self.db, server_key=self.server_key, lease_owner=owner
+            )
+        ]
         if (every := self.settings.balance_check_seconds) > 0:
             check = BalanceCheck(
                 db=self.db,
@@ -197,8 +201,8 @@ class Runtime:
                 warn_below_credits=self.settings.balance_warn_credits,
             )
             first = min(every, BALANCE_FIRST_CHECK_SECONDS)
-            periodic.append(Periodic("balance", check.run_once, seconds=every, first_delay=first))
-        return Worker(db=self.db, loops=loops, lease_owner=owner, periodic=periodic)
+            background.append(Periodic("balance", check.run_once, seconds=every, first_delay=first))
+        return Worker(db=self.db, loops=loops, lease_owner=owner, background=background)
 
     def _loop(
         self, name: str, queue: Queue, handle: Handler, owner: str, slots: int | None = None
@@ -219,7 +223,6 @@ class Runtime:
     async def close(self) -> None:
         await self.feed.stop()
         await self.provider.aclose()
-        await self.webhooks.aclose()
         await self.archive.aclose()
         await self.db.dispose()
 

@@ -17,8 +17,9 @@
 
 Checks: not_a_server_error, status_code_conformance, content_type_conformance,
 response_schema_conformance. Only loopback addresses are used: the background worker is
-off (`RUN_WORKER=false`) because it is the only part that calls a job's `webhook_url`,
-and generated webhook URLs name arbitrary hosts.
+off (`RUN_WORKER=false`) because it is the only part that calls a webhook URL, and
+generated webhook URLs name arbitrary hosts; for the same reason private targets are
+allowed, so that registering an endpoint resolves nothing.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def _server_env(tmp: Path, port: int, database_url: str | None = None) -> dict[s
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "CALLBACK_SECRET": secrets.token_urlsafe(32),
             "RUN_WORKER": "false",
+            # Registering a webhook endpoint resolves its host unless private targets are
+            # allowed: generated URLs name arbitrary hosts, and no DNS query may leave.
+            "WEBHOOK_ALLOW_PRIVATE": "true",
             "RATE_LIMIT_JOBS_PER_MINUTE": "1000000",
             "SANDBOX_QUEUE_SECONDS": "0.05",
             "SANDBOX_RUN_SECONDS": "0.2",

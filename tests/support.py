@@ -31,6 +31,10 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 TABLES = (
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhook_messages",
+    "webhook_endpoints",
     "job_events",
     "idempotency_keys",
     "jobs",
@@ -194,6 +198,7 @@ def make_settings(**overrides: Any) -> Settings:
         "worker_poll_seconds": 0.05,
         "retry_base_seconds": 0.05,
         "retry_max_seconds": 0.5,
+        "webhook_retry_schedule": "0.1,0.2,0.3,0.3,0.3,0.3,0.3",
         "rate_limit_jobs_per_minute": 0,
         # Archiving is tested on its own (tests/test_archive*.py): elsewhere outputs are
         # made-up URLs that must never be fetched.

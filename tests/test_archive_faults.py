@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from app.config import DEFAULT_POYO_BASE_URL
 from app.metrics import REGISTRY
@@ -193,3 +194,35 @@ async def test_the_webhook_waits_for_the_first_archive_attempt(
 async def _delivered(service: Service, job_id: str) -> bool:
     events = await service.client.events(job_id)
     return any(event["type"] == "webhook.delivered" for event in events)
+
+
+async def test_endpoints_hear_the_end_then_the_archive(
+    start_service: ServiceFactory, tmp_path: Path, receiver: Any
+) -> None:
+    receiver.failures = 0
+    service = await start_service(
+        archive_enabled=True,
+        archive_allow_private=True,
+        webhook_allow_private=True,
+        archive_dir=str(tmp_path / "outputs"),
+    )
+    registered = await service.client.http.post(
+        "/v1/webhook_endpoints",
+        json={"url": receiver.url, "event_types": ["job.succeeded", "job.archived"]},
+        headers=service.client.headers(),
+    )
+    secret = registered.json()["secret"]
+    job_id = await create(service, IMAGE_JOB)
+    await eventually(lambda: _received(receiver), lambda n: n == 2)
+    ended, kept = (Webhook(secret).verify(body, headers) for headers, body in receiver.calls)
+    assert ended["type"] == "job.succeeded"
+    assert ended["data"]["archive"]["status"] == "pending"
+    assert not ended["data"]["outputs"][0]["url"].startswith(service.url)  # PoYo's
+    assert kept["type"] == "job.archived"
+    assert kept["data"]["id"] == job_id
+    assert kept["data"]["archive"]["status"] == "archived"
+    assert kept["data"]["outputs"][0]["url"] == f"{service.url}/v1/jobs/{job_id}/outputs/0"
+
+
+async def _received(receiver: Any) -> int:
+    return len(receiver.calls)

@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from app.auth.models import ApiKey
 from app.auth.service import create_key, revoke
-from tests.conftest import Service
+from tests.conftest import Service, ServiceFactory
 from tests.support import REPO_ROOT, TEXT_JOB, ApiClient
 
 # Routes whose own credential is in the URL: the provider's callbacks.
@@ -48,18 +49,52 @@ async def _client_operations(service: Service) -> list[tuple[str, str]]:
 
 BUDGET_BODY = {"daily_credits": 100}
 ADMIN_ONLY = {("PUT", "/v1/budgets/{owner}")}
+WEBHOOK_QUERIES = {
+    "/v1/webhook_endpoints/{endpoint_id}/recover": "?since=2026-01-01T00:00:00Z",
+    "/v1/webhook_messages": "?job_id={job_id}",
+}
+WEBHOOK_BODIES = {
+    "/v1/webhook_endpoints": {"url": "http://127.0.0.1:9/y"},
+    "/v1/webhook_endpoints/{endpoint_id}": {"description": "patched"},
+}
+
+
+@dataclass(frozen=True)
+class Ids:
+    """What the operations' paths name: a job, and webhook objects of the same owner."""
+
+    job: str
+    endpoint: str = ""
+    doomed_endpoint: str = ""  # the one a DELETE removes
+    message: str = ""
+
+
+async def _webhook_ids(client: ApiClient, job_id: str) -> Ids:
+    made = []
+    for _ in range(2):
+        answer = await client.http.post(
+            "/v1/webhook_endpoints", json={"url": "http://127.0.0.1:9/x"}, headers=client.headers()
+        )
+        made.append(answer.json()["id"])
+    sent = await client.http.post(f"/v1/webhook_endpoints/{made[0]}/test", headers=client.headers())
+    return Ids(job_id, made[0], made[1], sent.json()["message_ids"][0])
 
 
 async def _call(
     http: httpx.AsyncClient,
     method: str,
     path: str,
-    job_id: str,
+    ids: Ids,
     headers: dict[str, str],
     body: Any = TEXT_JOB,
 ) -> httpx.Response:
-    url = path.replace("{job_id}", job_id).replace("{model_id}", "kling-3.0/pro")
+    url = path.replace("{job_id}", ids.job).replace("{model_id}", "kling-3.0/pro")
     url = url.replace("{index}", "0").replace("{owner}", "tenant-a")
+    endpoint = ids.doomed_endpoint if method == "DELETE" else ids.endpoint
+    url = url.replace("{endpoint_id}", endpoint).replace("{message_id}", ids.message)
+    url += WEBHOOK_QUERIES.get(path, "").replace("{job_id}", ids.job)
+    if path in WEBHOOK_BODIES:
+        return await http.request(method, url, json=WEBHOOK_BODIES[path], headers=headers)
     if method == "POST":
         return await http.post(url, json=LINK_BODY if "/links" in url else body, headers=headers)
     if method == "PUT":
@@ -112,25 +147,29 @@ def _bad_authorizations(valid: str, revoked: str) -> dict[str, dict[str, str]]:
     }
 
 
-async def test_every_client_endpoint_refuses_bad_credentials(service: Service) -> None:
+async def test_every_client_endpoint_refuses_bad_credentials(
+    start_service: ServiceFactory,
+) -> None:
+    service = await start_service(webhook_allow_private=True)
     client = service.client
     job = (await client.create_job(TEXT_JOB)).json()
     await client.wait_for_status(job["id"], {"succeeded"})  # it has an output to read
+    ids = await _webhook_ids(client, job["id"])
     revoked_info, revoked = await create_key(service.runtime.db, name="tenant-a")
     assert await revoke(service.runtime.db, name_or_id=revoked_info.id) == 1
     operations = await _client_operations(service)
     refused = 0
     for method, path in operations:
         for case, headers in _bad_authorizations(client.key, revoked).items():
-            response = await _call(client.http, method, path, job["id"], headers)
+            response = await _call(client.http, method, path, ids, headers)
             _assert_unauthorized(response, leaked=client.key)
             assert job["id"] not in response.text, case
             refused += 1
         # The same request with the valid key gets through: the 401s were about the key
         # (an output not archived, here, is a redirect to PoYo's URL).
-        ok = await _call(client.http, method, path, job["id"], client.headers())
+        ok = await _call(client.http, method, path, ids, client.headers())
         # Setting budgets is for admin keys: a tenant's valid key gets as far as a 403.
-        allowed = (403,) if (method, path) in ADMIN_ONLY else (200, 201, 307)
+        allowed = (403,) if (method, path) in ADMIN_ONLY else (200, 201, 202, 204, 307)
         assert ok.status_code in allowed, (method, path, ok.text)
     assert refused == len(operations) * 16
 

@@ -267,7 +267,7 @@ def balance_errors(series: Series) -> float:
 async def balance_check(start_service: ServiceFactory, **overrides: Any) -> tuple[Service, Any]:
     """An API without a worker, and the balance check of a worker built on its runtime."""
     service = await start_service(run_worker=False, balance_check_seconds=300, **overrides)
-    check = service.runtime.worker("test-worker").periodic["balance"]
+    check = service.runtime.worker("test-worker").background["balance"]
     assert isinstance(check, Periodic)
     assert (check.seconds, check.first_delay) == (300, 5.0)
     return service, check
@@ -392,7 +392,7 @@ async def test_no_balance_check_when_it_is_off(database_url: str) -> None:
     runtime = await Runtime.start(make_settings(database_url=database_url))
     try:
         assert runtime.settings.balance_check_seconds == 0  # the tests' default
-        assert runtime.worker("probe").periodic == {}
+        assert set(runtime.worker("probe").background) == {"webhooks"}
     finally:
         await runtime.close()
 
@@ -421,7 +421,7 @@ async def seed_jobs(db: Database, now: datetime) -> None:
         ("pending", now + 60 * minute, None, None),  # backing off: not due
         ("queued", now - minute, now - 5 * minute, None),  # due for a check
         ("running", now - 2 * minute, now - 7 * 60 * minute, None),  # and past the deadline
-        ("succeeded", now - minute, now - 9 * minute, now - 3 * minute),  # webhook, archive
+        ("succeeded", None, now - 9 * minute, now - 3 * minute),  # to archive
         ("failed", None, now - 9 * minute, None),
     ]
     async with db.write() as conn:
@@ -471,7 +471,7 @@ async def test_status_shows_jobs_queues_and_the_balance(database_url: str, tmp_p
         "total": 6,
     }
     due = {name: queue["due"] for name, queue in status["queues"].items()}
-    assert due == {"submit": 1, "reconcile": 2, "expire": 1, "webhook": 1, "archive": 1}
+    assert due == {"submit": 1, "reconcile": 2, "expire": 1, "archive": 1}
     assert status["queues"]["archive"]["enabled"] is False
     assert status["queues"]["submit"]["enabled"] is True
     oldest = datetime.fromisoformat(status["queues"]["submit"]["oldest_due_at"])
@@ -495,7 +495,6 @@ async def test_status_shows_jobs_queues_and_the_balance(database_url: str, tmp_p
         r"submit\s+1\s+oldest 10m\s+pending, to submit",
         r"reconcile\s+2\s+oldest \dm\s+in flight, due for a status check",
         r"expire\s+1\s+oldest 2m\s+past the job deadline, due for a last check",
-        r"webhook\s+1\s+oldest 1m\s+ended, owing a webhook",
         r"archive\s+1\s+oldest 3m\s+succeeded, outputs to archive \(archiving is off\)",
         r"250\.5 credits \(≈ US\$1\.25\), read 1m ago",
         r"low: below BALANCE_WARN_CREDITS \(1,000\)",

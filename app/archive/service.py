@@ -5,8 +5,8 @@ The worker's `archive` loop leases succeeded jobs whose archive is due and calls
 for its media facts, and put in storage; the job's outputs then point at poyo-relay's own
 URL. A failed attempt never changes the job's status: it is recorded on the job
 (`archive.status`, `archive.error`) and in its events, counted in metrics, and retried
-with backoff until ARCHIVE_MAX_ATTEMPTS. A job's webhook waits for the first attempt only,
-so that it usually carries the archived URLs without waiting out a storage outage.
+with backoff until ARCHIVE_MAX_ATTEMPTS. A job's own webhook_url waits for the first attempt
+only, so that it usually carries the archived URLs without waiting out a storage outage.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from app.jobs.repository import JobPatch, Lease
 from app.jobs.states import ArchiveStatus, JobStatus
 from app.metrics import ARCHIVE_BYTES, ARCHIVE_JOBS, ARCHIVE_OUTPUTS
 from app.timeutil import utcnow
+from app.webhooks import outbox
+from app.webhooks.models import WebhookEventType
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +87,7 @@ class ArchiveService:
             return
         lease = Lease(job, lease_owner)
         if job.status is not JobStatus.SUCCEEDED or job.archive_status is not ArchiveStatus.PENDING:
-            await self._hand_back(lease, JobPatch(archive_due_at=None), [])
+            await self._hand_back(lease, JobPatch(archive_due_at=None), [], archived=False)
             return
         async with self._holding(lease):
             attempt = await self._attempt(job)
@@ -163,17 +165,25 @@ class ArchiveService:
             patch.update(JobPatch(archive_due_at=retry_at, archive_error=attempt.error))
             data = {"attempt": number, "error": attempt.error, "retry_at": retry_at.isoformat()}
             events.append(NewEvent(EventType.ARCHIVE_FAILED, data))
-        if job.archive_attempts == 0 and job.webhook_url and job.webhook_attempts == 0:
-            patch["next_check_at"] = now  # the webhook waited for this first attempt
-        if await self._hand_back(lease, patch, events):
+        if await self._hand_back(lease, patch, events, archived=attempt.error is None):
             ARCHIVE_JOBS.labels(result).inc()
 
-    async def _hand_back(self, lease: Lease, patch: JobPatch, events: list[NewEvent]) -> bool:
+    async def _hand_back(
+        self, lease: Lease, patch: JobPatch, events: list[NewEvent], *, archived: bool
+    ) -> bool:
+        """Record the attempt. Endpoints hear job.archived; the job's own webhook_url,
+        which waited for the first attempt, hears now that the job ended."""
+        job = lease.job
         async with self.db.write() as conn:
             now = utcnow()
             held = await repo.release(conn, lease, now, patch)
             if held:
-                await repo.add_events(conn, lease.job.id, events, now)
+                await repo.add_events(conn, job.id, events, now)
+                if archived:
+                    await outbox.job_event(conn, job, WebhookEventType.JOB_ARCHIVED, now)
+                if job.archive_attempts == 0 and not await outbox.told_job_url(conn, job.id):
+                    ended = outbox.STATUS_EVENTS[job.status]
+                    await outbox.job_event(conn, job, ended, now, endpoints=False, job_url=True)
         return held
 
     @contextlib.asynccontextmanager

@@ -1,5 +1,5 @@
 """`poyo-relay`: serve, worker, migrate, sandbox, config, prune (service), keys, submit and
-jobs (the API), models, catalog, archive and status.
+jobs (the API), models, catalog, archive, webhooks (the API) and status.
 
 Exit codes: 0 success, 1 the job (or operation) failed, 2 usage or configuration error.
 """
@@ -12,6 +12,7 @@ from app.cli import (  # each registers its commands
     models,
     service,
     status,
+    webhooks,
 )
 from app.cli.base import cli, main
 from app.cli.service import parse_age
@@ -27,4 +28,5 @@ __all__ = [
     "parse_age",
     "service",
     "status",
+    "webhooks",
 ]

@@ -1,5 +1,6 @@
 """`poyo-relay status`: the service at a glance, from its database: jobs by status, what
-each worker queue has due now, and PoYo's balance as a worker last read it."""
+each worker queue has due now, the webhook deliveries still owed, and PoYo's balance as a
+worker last read it."""
 
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ QUEUES = {
     "submit": "pending, to submit",
     "reconcile": "in flight, due for a status check",
     "expire": "past the job deadline, due for a last check",
-    "webhook": "ended, owing a webhook",
     "archive": "succeeded, outputs to archive",
 }
 
@@ -46,16 +46,28 @@ class QueueDepth:
 
 
 @dataclass(frozen=True)
+class WebhookBacklog:
+    """Webhook deliveries still owed (state pending): how many, how many of them are due
+    now (leased or not), and since when the oldest due one is."""
+
+    pending: int
+    due: int
+    oldest_due_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Status:
     at: datetime
     jobs: dict[str, int]
     queues: list[QueueDepth]
+    webhooks: WebhookBacklog
     balance: StoredBalance | None
 
 
 async def gather(db: Database, settings: Settings) -> Status:
-    """Count jobs by status and the due jobs of every worker queue, and read the balance."""
-    from sqlalchemy import func, select
+    """Count jobs by status, the due jobs of every worker queue and the webhook deliveries
+    owed, and read the balance."""
+    from sqlalchemy import case, func, select
 
     from app.billing.balance import last_balance
     from app.jobs import leases
@@ -63,6 +75,7 @@ async def gather(db: Database, settings: Settings) -> Status:
     from app.jobs.states import JobStatus
     from app.runtime import worker_queues
     from app.timeutil import utcnow
+    from app.webhooks.models import DeliveryState, WebhookDelivery
 
     now = utcnow()
     queues = worker_queues(settings)
@@ -76,7 +89,16 @@ async def gather(db: Database, settings: Settings) -> Status:
             due, oldest = await leases.depth(conn, queues[name], now)
             enabled = name != "archive" or settings.archive_enabled
             depths.append(QueueDepth(name, due, oldest, enabled))
-    return Status(now, jobs, depths, await last_balance(db))
+        due_at = case((WebhookDelivery.next_attempt_at <= now, WebhookDelivery.next_attempt_at))
+        owed = (
+            await conn.execute(
+                select(func.count(), func.count(due_at), func.min(due_at)).where(
+                    WebhookDelivery.state == DeliveryState.PENDING
+                )
+            )
+        ).one()
+        webhooks = WebhookBacklog(int(owed[0]), int(owed[1]), owed[2])
+    return Status(now, jobs, depths, webhooks, await last_balance(db))
 
 
 def _age(seconds: float) -> str:
@@ -142,6 +164,11 @@ def as_json(status: Status, settings: Settings) -> dict[str, Any]:
             }
             for queue in status.queues
         },
+        "webhook_deliveries": {
+            "pending": status.webhooks.pending,
+            "due": status.webhooks.due,
+            "oldest_due_at": isoformat_z(status.webhooks.oldest_due_at),
+        },
         "balance": balance_view(status, settings),
     }
 
@@ -182,6 +209,17 @@ def show(status: Status, settings: Settings) -> None:
         queues.add_row(queue.name, f"{queue.due:,}", oldest, holds)
     section("Worker queues: jobs due now", queues)
 
+    owed = status.webhooks
+    webhooks = rows()
+    webhooks.add_column()
+    webhooks.add_column()
+    oldest = ""
+    if owed.oldest_due_at is not None:
+        oldest = "oldest " + _age((status.at - owed.oldest_due_at).total_seconds())
+    webhooks.add_row("pending", f"{owed.pending:,}", "", "owed, to send or to retry")
+    webhooks.add_row("due", f"{owed.due:,}", oldest, "of them, due to send now")
+    section("Webhook deliveries", webhooks)
+
     view = balance_view(status, settings)
     every = settings.balance_check_seconds
     if status.balance is None:
@@ -208,7 +246,8 @@ def show(status: Status, settings: Settings) -> None:
 def status_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
-    """One screen on the service: jobs by status, the worker queues' due jobs, PoYo's balance."""
+    """One screen on the service: jobs by status, the worker queues' due jobs, the webhook
+    deliveries owed, PoYo's balance."""
     settings = operator_settings()
     try:
         status = with_db(lambda db: gather(db, settings), settings)

@@ -23,6 +23,7 @@ from app.jobs.states import IN_FLIGHT, can_transition, is_terminal
 from app.provider.client import PoyoClient, ProviderError, ProviderRejected, ProviderUnavailable
 from app.provider.schemas import TaskStatus
 from app.timeutil import utcnow
+from app.webhooks import outbox
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,7 @@ class Confirmation:
         self.provider = provider
         self.policy = Policy.from_settings(settings)
         self.progress_refresh = timedelta(seconds=settings.progress_refresh_seconds)
+        self.progress_webhook_interval = timedelta(seconds=settings.webhook_progress_seconds)
         self.on_check_requested = on_check_requested
 
     async def refresh_if_watched(self, job: JobRecord) -> None:
@@ -111,7 +113,9 @@ class Confirmation:
                 conn, change, lease.owner
             )
             if not moved and not (overdue and await repo.fail(conn, lease, DEADLINE_EXCEEDED, now)):
-                await repo.release(conn, lease, now, change.patch, change.next_check)
+                released = await repo.release(conn, lease, now, change.patch, change.next_check)
+                if released and change.patch.get("progress", job.progress) > job.progress:
+                    await outbox.progress(conn, job, now, self.progress_webhook_interval)
 
     async def _record_poll_failure(
         self, lease: Lease, task_id: str, exc: ProviderError, overdue: bool

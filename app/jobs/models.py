@@ -111,7 +111,6 @@ class Job(Base):
     next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the provider was last asked about this job (a status poll, answered or not).
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Keeping a succeeded job's outputs (app/archive): null when there is nothing to keep.

@@ -45,6 +45,8 @@ from app.jobs.models import IdempotencyKey, Job, JobError, JobEvent, JobOutput
 from app.jobs.states import ACTIVE, IN_FLIGHT, ArchiveStatus, JobStatus, is_terminal, sources_of
 from app.metrics import JOB_DURATION, JOBS_FINISHED
 from app.provider.schemas import ProviderStatus
+from app.webhooks import outbox
+from app.webhooks.models import WebhookEventType
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +68,6 @@ class JobPatch(TypedDict, total=False):
     submit_started_at: datetime | None
     poll_attempts: int
     checked_at: datetime
-    webhook_attempts: int
     updated_at: datetime
     next_check_at: datetime | None
     archive_status: ArchiveStatus | None
@@ -88,8 +89,8 @@ class Lease:
 @dataclass(frozen=True)
 class StatusChange:
     """Move `job` (as loaded) forward to `target` at `now`, setting `patch`. A job that
-    does not end is next looked at `next_check`; one that ends owes its webhook a
-    delivery. `events` are written with the change, `if_refused` instead of it."""
+    does not end is next looked at `next_check`. `events` are written with the change,
+    `if_refused` instead of it; the webhook message it makes, with it."""
 
     job: Job
     target: JobStatus
@@ -146,6 +147,7 @@ async def add_job(conn: AsyncConnection, job: Job, event: NewEvent) -> None:
     """Store a new job with its first event."""
     await conn.execute(insert(Job).values(row_values(job)))
     await add_events(conn, job.id, [event], job.created_at)
+    await outbox.job_event(conn, job, WebhookEventType.JOB_CREATED, job.created_at)
 
 
 async def claim_idempotency_key(
@@ -197,15 +199,11 @@ async def _change_status(
     job, now, target = change.job, change.now, change.target
     values: dict[str, Any] = {**change.patch, "status": target, "updated_at": now}
     values |= LEASE_RETURNED
+    # A job's own webhook_url hears of its end now or, when its outputs are to be archived
+    # first, once the first archive attempt is over (so it usually carries our URLs).
+    archiving = change.patch.get("archive_status") is ArchiveStatus.PENDING
     if is_terminal(target):
-        # The job ends: no more checks, but its webhook (if any) is due now, or, when its
-        # outputs are to be archived first, once the first archive attempt is over.
-        archiving = change.patch.get("archive_status") is ArchiveStatus.PENDING
-        values |= {
-            "completed_at": now,
-            "submit_started_at": None,
-            "next_check_at": now if job.webhook_url and not archiving else None,
-        }
+        values |= {"completed_at": now, "submit_started_at": None, "next_check_at": None}
         if target is JobStatus.FAILED:
             values["cost_charged_millicredits"] = 0  # PoYo does not charge a failed task
     else:
@@ -227,6 +225,8 @@ async def _change_status(
     if changed:
         if is_terminal(target):
             await _record_spend(conn, job, target, change.patch)
+        event_type = outbox.STATUS_EVENTS[target]
+        await outbox.job_event(conn, job, event_type, now, job_url=not archiving)
         _note_status_change(job, target, now)
     return bool(changed)
 

@@ -8,11 +8,13 @@ nor blocks, a request or a worker that is touching a job.
 What goes:
 - events older than the cutoff, of jobs that have ended (a live job keeps its trail);
 - with `jobs=True`: jobs that ended before the cutoff, with their events and idempotency
-  keys (a job that a worker holds a lease on, e.g. to deliver its webhook, stays);
+  keys and webhook messages (a job that a worker holds a lease on, e.g. to archive its
+  outputs, stays);
 - with them, their archived output files (deleted once the rows are gone: a crash in
   between leaves files without a job, never a job without its files);
 - with a storage, downloads abandoned in its scratch directory over an hour ago (by a
   process killed mid-download);
+- webhook delivery attempts older than the cutoff, and test-sends (messages of no job);
 - always: idempotency keys past their retention (IDEMPOTENCY_TTL_SECONDS; an older key
   is never honoured anyway) and spent rate-limit windows.
 """
@@ -38,6 +40,7 @@ from app.ids import first_job_id_at
 from app.jobs.models import IdempotencyKey, Job, JobEvent
 from app.jobs.states import TERMINAL
 from app.timeutil import utcnow
+from app.webhooks.models import WebhookAttempt, WebhookMessage
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +61,7 @@ class PruneResult:
     jobs: int = 0
     idempotency_keys: int = 0
     rate_limit_windows: int = 0
+    webhook_log: int = 0
     output_files: int = 0
     scratch_files: int = 0
     batches: int = 0
@@ -90,6 +94,11 @@ async def prune(
     result.idempotency_keys = await _in_batches(
         db, result, lambda: _expired_keys(now - idempotency_ttl, batch_size), batch_size
     )
+    result.webhook_log = await _in_batches(
+        db, result, lambda: _old_attempts(result.cutoff, batch_size), batch_size
+    ) + await _in_batches(
+        db, result, lambda: _old_test_messages(result.cutoff, batch_size), batch_size
+    )
     spent = int(time.time()) // WINDOW_SECONDS * WINDOW_SECONDS - WINDOW_SECONDS
     result.rate_limit_windows = await _in_batches(
         db, result, lambda: _spent_windows(spent, batch_size), batch_size
@@ -101,6 +110,7 @@ async def prune(
         jobs=result.jobs,
         idempotency_keys=result.idempotency_keys,
         rate_limit_windows=result.rate_limit_windows,
+        webhook_log=result.webhook_log,
         output_files=result.output_files,
         scratch_files=result.scratch_files,
         batches=result.batches,
@@ -190,3 +200,19 @@ def _spent_windows(before: int, batch_size: int) -> Delete:
     return delete(RateLimitWindow).where(
         tuple_(RateLimitWindow.key_id, RateLimitWindow.window_start).in_(old)
     )
+
+
+def _old_attempts(cutoff: datetime, batch_size: int) -> Delete:
+    """The delivery log is kept as long as events are."""
+    old = select(WebhookAttempt.id).where(WebhookAttempt.created_at < cutoff).limit(batch_size)
+    return delete(WebhookAttempt).where(WebhookAttempt.id.in_(old.scalar_subquery()))
+
+
+def _old_test_messages(cutoff: datetime, batch_size: int) -> Delete:
+    """Messages of no job (test-sends) go with their deliveries; a job's go with the job."""
+    old = (
+        select(WebhookMessage.id)
+        .where(WebhookMessage.job_id.is_(None), WebhookMessage.created_at < cutoff)
+        .limit(batch_size)
+    )
+    return delete(WebhookMessage).where(WebhookMessage.id.in_(old.scalar_subquery()))

@@ -8,11 +8,8 @@ start a second paid task, so that decision is left to the worker.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -27,6 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.backoff import retry_after_seconds
 from app.metrics import PROVIDER_ERRORS, PROVIDER_LATENCY
 from app.provider.schemas import AccountBalance, CatalogPage, SubmittedTask, TaskStatus, unwrap
 
@@ -35,8 +33,6 @@ T = TypeVar("T")
 MAX_ERROR_MESSAGE_CHARS = 500
 MAX_INLINE_RETRY_AFTER = 5.0
 MAX_RESPONSE_BYTES = 1_048_576
-# A provider's Retry-After beyond this is taken as this: time arithmetic must not overflow.
-MAX_RETRY_AFTER = 86_400.0
 CATALOG_PATH = "/v1/catalog/models"
 BALANCE_PATH = "/api/user/balance"
 MAX_CATALOG_ITEMS = 10_000
@@ -81,23 +77,7 @@ class ProviderUnavailable(ProviderError):
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait, from delta-seconds or an HTTP-date (RFC 9110), within sane bounds."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = (moment - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None  # "inf" or "nan" is no instruction; the backoff decides
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+    return retry_after_seconds(response.headers.get("retry-after", ""))
 
 
 def _error_message(response: httpx.Response) -> str:

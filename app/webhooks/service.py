@@ -1,109 +1,349 @@
-"""Deliver a job's final state to its `webhook_url`, signed per Standard Webhooks.
-
-The worker claims ended jobs that still owe a webhook (a job with a webhook_url is due
-when it ends). A 2xx answer delivers it; anything else is retried with backoff until
-WEBHOOK_MAX_ATTEMPTS, and every attempt is on the job's events.
-"""
+"""Webhook endpoints: register, change, remove, reveal and rotate secrets, read the delivery
+log, redeliver, recover, test. Tenancy as for jobs: an owner sees their endpoints and
+messages; an admin key sees all."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-import httpx
-import orjson
-import structlog
-from standardwebhooks.webhooks import Webhook
+from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.backoff import Backoff
+from app.auth.models import Caller
 from app.config import Settings
 from app.db import Database
-from app.jobs import repository as repo
-from app.jobs.events import EventType, NewEvent
-from app.jobs.models import Job
-from app.jobs.repository import JobPatch, Lease
-from app.jobs.schemas import job_to_dict
-from app.jobs.states import TERMINAL
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.ids import new_endpoint_id
 from app.keyring.models import ServerKey
-from app.timeutil import utcnow
+from app.timeutil import isoformat_z, utcnow
+from app.webhooks import outbox
+from app.webhooks import repository as delivery_repo
 from app.webhooks.guard import ForbiddenTarget, check_target
-from app.webhooks.signing import owner_secret
+from app.webhooks.models import (
+    DeliveryState,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
+    WebhookMessage,
+)
+from app.webhooks.schemas import (
+    AttemptList,
+    AttemptOut,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointList,
+    EndpointOut,
+    EndpointSecret,
+    EndpointUpdate,
+    MessageList,
+    MessageOut,
+    Resent,
+)
+from app.webhooks.signing import endpoint_secret
 
-log = structlog.get_logger(__name__)
+MAX_ENDPOINTS_PER_OWNER = 50
+MAX_RECOVER = 10_000
+_PRIVATE_HINT = (
+    "; webhooks go to public addresses only (WEBHOOK_ALLOW_PRIVATE=true allows private ones)"
+)
 
 
-class WebhookSender:
+class EndpointService:
     def __init__(self, *, settings: Settings, db: Database, server_key: ServerKey) -> None:
         self.db = db
         self.server_key = server_key
-        self.max_attempts = settings.webhook_max_attempts
         self.allow_private = settings.webhook_allow_private
-        self.retry = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=5.0),
-            follow_redirects=False,
-            headers={"User-Agent": "poyo-relay-webhooks"},
+        self.overlap = timedelta(seconds=settings.webhook_secret_overlap_seconds)
+
+    # ---- endpoints -----------------------------------------------------------------------
+
+    async def create(self, caller: Caller, body: EndpointCreate) -> EndpointOut:
+        await self._check_url(body.url)
+        now = utcnow()
+        endpoint = WebhookEndpoint(
+            id=new_endpoint_id(),
+            owner=caller.owner,
+            url=body.url,
+            description=body.description,
+            event_types=[t.value for t in body.event_types],
+            enabled=body.enabled,
+            disabled_reason=None if body.enabled else "disabled at creation",
+            secret_generation=1,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.write() as conn:
+            count = len(await _owned(conn, caller.owner))
+            if count >= MAX_ENDPOINTS_PER_OWNER:
+                raise Conflict(f"an owner may have at most {MAX_ENDPOINTS_PER_OWNER} endpoints")
+            await conn.execute(
+                insert(WebhookEndpoint).values(
+                    {c.key: getattr(endpoint, c.key) for c in WebhookEndpoint.__table__.columns}
+                )
+            )
+        return EndpointOut.of(endpoint, self._secret(endpoint, endpoint.secret_generation))
+
+    async def list(self, caller: Caller, *, limit: int, cursor: str | None) -> EndpointList:
+        query = select(WebhookEndpoint).order_by(WebhookEndpoint.id).limit(limit + 1)
+        if caller.scope is not None:
+            query = query.where(WebhookEndpoint.owner == caller.scope)
+        if cursor:
+            query = query.where(WebhookEndpoint.id > cursor)
+        async with self.db.read() as session:
+            rows = list((await session.scalars(query)).all())
+        page, more = rows[:limit], len(rows) > limit
+        return EndpointList(
+            data=[EndpointOut.of(e) for e in page], next_cursor=page[-1].id if more else None
         )
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    async def get(self, caller: Caller, endpoint_id: str) -> EndpointOut:
+        return EndpointOut.of(await self._endpoint(caller, endpoint_id))
 
-    async def deliver(self, *, job_id: str, lease_owner: str) -> None:
-        """One delivery attempt for a leased job that ended."""
-        async with self.db.read() as session:
-            job = await repo.load(session, job_id)
-        if job is None:
-            return
-        lease = Lease(job, lease_owner)
-        if job.webhook_url is None or job.status not in TERMINAL:
-            await self._finish(lease, None)
-            return
-        attempt = job.webhook_attempts + 1
-        delivered, detail = await self._send(job, job.webhook_url)
-        data = {"attempt": attempt, **detail}
-        if delivered:
-            await self._finish(lease, NewEvent(EventType.WEBHOOK_DELIVERED, data))
-        elif attempt >= self.max_attempts:
-            log.warning("webhook_abandoned", job_id=job.id)
-            await self._finish(lease, NewEvent(EventType.WEBHOOK_ABANDONED, data))
-        else:
-            await self._retry_later(lease, NewEvent(EventType.WEBHOOK_FAILED, data))
-
-    async def _send(self, job: Job, url: str) -> tuple[bool, dict[str, Any]]:
+    async def update(self, caller: Caller, endpoint_id: str, body: EndpointUpdate) -> EndpointOut:
+        await self._endpoint(caller, endpoint_id)
+        if body.url is not None:
+            await self._check_url(body.url)
         now = utcnow()
-        body = orjson.dumps(
-            {"type": f"job.{job.status}", "timestamp": now.isoformat(), "data": job_to_dict(job)}
-        ).decode()
-        message_id = f"msg_{job.id}_{job.status}"
-        signature = Webhook(owner_secret(self.server_key, job.owner)).sign(message_id, now, body)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature,
-        }
+        values: dict[str, object] = {"updated_at": now}
+        if body.url is not None:
+            values["url"] = body.url
+        if body.event_types is not None:
+            values["event_types"] = [t.value for t in body.event_types]
+        if body.description is not None:
+            values["description"] = body.description
+        async with self.db.write() as conn:
+            if body.enabled is True:
+                values |= {"enabled": True, "disabled_reason": None, "failing_since": None}
+            elif body.enabled is False:
+                await delivery_repo.disable(conn, endpoint_id, "disabled by its owner", now)
+            await conn.execute(
+                update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id).values(values)
+            )
+        return await self.get(caller, endpoint_id)
+
+    async def delete(self, caller: Caller, endpoint_id: str) -> None:
+        await self._endpoint(caller, endpoint_id)
+        async with self.db.write() as conn:
+            deliveries = select(WebhookDelivery.id).where(
+                WebhookDelivery.endpoint_id == endpoint_id
+            )
+            await conn.execute(
+                delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries))
+            )
+            await conn.execute(
+                delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+            )
+            await conn.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+
+    # ---- secrets -------------------------------------------------------------------------
+
+    async def secret(self, caller: Caller, endpoint_id: str) -> EndpointSecret:
+        endpoint = await self._endpoint(caller, endpoint_id)
+        answer = EndpointSecret(secret=self._secret(endpoint, endpoint.secret_generation))
+        until = endpoint.previous_secret_until
+        if until is not None and until > utcnow():
+            answer.previous_secret = self._secret(endpoint, endpoint.secret_generation - 1)
+            answer.previous_secret_expires_at = isoformat_z(until)
+        return answer
+
+    async def rotate(self, caller: Caller, endpoint_id: str) -> EndpointSecret:
+        """A new secret; the current one goes on signing (beside it) for the overlap."""
+        await self._endpoint(caller, endpoint_id)
+        async with self.db.write() as conn:
+            now = utcnow()
+            await conn.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == endpoint_id)
+                .values(
+                    secret_generation=WebhookEndpoint.secret_generation + 1,
+                    previous_secret_until=now + self.overlap,
+                    updated_at=now,
+                )
+            )
+        return await self.secret(caller, endpoint_id)
+
+    def _secret(self, endpoint: WebhookEndpoint, generation: int) -> str:
+        return endpoint_secret(self.server_key, endpoint.id, generation)
+
+    # ---- the delivery log and resending ----------------------------------------------
+
+    async def attempts(
+        self, caller: Caller, endpoint_id: str, *, limit: int, cursor: int | None
+    ) -> AttemptList:
+        """The endpoint's attempts, newest first."""
+        await self._endpoint(caller, endpoint_id)
+        query = (
+            select(WebhookAttempt)
+            .where(WebhookAttempt.endpoint_id == endpoint_id)
+            .order_by(WebhookAttempt.id.desc())
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            query = query.where(WebhookAttempt.id < cursor)
+        async with self.db.read() as session:
+            rows = list((await session.scalars(query)).all())
+        page, more = rows[:limit], len(rows) > limit
+        return AttemptList(
+            data=[AttemptOut.of(row) for row in page],
+            next_cursor=f"atmpt_{page[-1].id}" if more else None,
+        )
+
+    async def messages(self, caller: Caller, *, job_id: str, limit: int) -> MessageList:
+        """A job's messages, oldest first, each with where it stands per target."""
+        query = (
+            select(WebhookMessage)
+            .where(WebhookMessage.job_id == job_id)
+            .order_by(WebhookMessage.created_at, WebhookMessage.id)
+            .limit(limit)
+        )
+        if caller.scope is not None:
+            query = query.where(WebhookMessage.owner == caller.scope)
+        async with self.db.read() as session:
+            messages = list((await session.scalars(query)).all())
+            ids = [m.id for m in messages]
+            deliveries = (
+                await session.scalars(
+                    select(WebhookDelivery)
+                    .where(WebhookDelivery.message_id.in_(ids))
+                    .order_by(WebhookDelivery.id)
+                )
+            ).all()
+        by_message: dict[str, list[DeliveryOut]] = {m.id: [] for m in messages}
+        for d in deliveries:
+            by_message[d.message_id].append(
+                DeliveryOut(
+                    endpoint_id=d.endpoint_id,
+                    state=d.state,
+                    attempts=d.attempts,
+                    next_attempt_at=isoformat_z(d.next_attempt_at),
+                    last_http_status=d.last_http_status,
+                    last_error=d.last_error,
+                )
+            )
+        return MessageList(
+            data=[
+                MessageOut(
+                    id=m.id,
+                    event_type=m.event_type,
+                    job_id=m.job_id,
+                    created_at=isoformat_z(m.created_at),
+                    deliveries=by_message[m.id],
+                )
+                for m in messages
+            ],
+            next_cursor=None,
+        )
+
+    async def redeliver(self, caller: Caller, message_id: str, endpoint_id: str | None) -> Resent:
+        """Send a message again, once, to its enabled targets (or the one named)."""
+        async with self.db.write() as conn:
+            owner_of = select(WebhookMessage.owner).where(WebhookMessage.id == message_id)
+            message = (await conn.execute(owner_of)).first()
+            if message is None or (caller.scope not in (None, message.owner)):
+                raise NotFound(f"no webhook message {message_id}")
+            targets = (
+                select(WebhookDelivery.id)
+                .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+                .where(
+                    WebhookDelivery.message_id == message_id,
+                    WebhookDelivery.endpoint_id.is_(None) | WebhookEndpoint.enabled.is_(True),
+                )
+            )
+            if endpoint_id is not None:
+                targets = targets.where(WebhookDelivery.endpoint_id == endpoint_id)
+            ids = list((await conn.execute(targets)).scalars())
+            if not ids and endpoint_id is not None:
+                raise NotFound(f"message {message_id} was not sent to endpoint {endpoint_id}")
+            if not ids:
+                raise Conflict("the message has no enabled endpoint to go to")
+            await _resend(conn, ids, utcnow())
+        return Resent(message_ids=[message_id], deliveries=len(ids))
+
+    async def recover(self, caller: Caller, endpoint_id: str, since: datetime) -> Resent:
+        """Send again, once each, every message that failed to reach the endpoint since
+        `since` (oldest first)."""
+        endpoint = await self._endpoint(caller, endpoint_id)
+        if not endpoint.enabled:
+            raise Conflict("the endpoint is disabled: enable it first")
+        async with self.db.write() as conn:
+            rows = (
+                await conn.execute(
+                    select(WebhookDelivery.id, WebhookDelivery.message_id)
+                    .where(
+                        WebhookDelivery.endpoint_id == endpoint_id,
+                        WebhookDelivery.state == DeliveryState.FAILED,
+                        WebhookDelivery.created_at >= since,
+                    )
+                    .order_by(WebhookDelivery.id)
+                    .limit(MAX_RECOVER)
+                )
+            ).all()
+            await _resend(conn, [row.id for row in rows], utcnow())
+        return Resent(message_ids=[row.message_id for row in rows], deliveries=len(rows))
+
+    async def test(self, caller: Caller, endpoint_id: str) -> Resent:
+        """A `webhook.test` message to this endpoint only."""
+        endpoint = await self._endpoint(caller, endpoint_id)
+        if not endpoint.enabled:
+            raise Conflict("the endpoint is disabled: enable it first")
+        async with self.db.write() as conn:
+            now = utcnow()
+            message_id = await outbox.add_message(
+                conn,
+                owner=endpoint.owner,
+                job_id=None,
+                event_type=WebhookEventType.TEST,
+                data={"endpoint_id": endpoint.id, "message": "a test message from poyo-relay"},
+                now=now,
+                targets=[outbox.Target(endpoint.id)],
+            )
+        return Resent(message_ids=[message_id], deliveries=1)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    async def _endpoint(self, caller: Caller, endpoint_id: str) -> WebhookEndpoint:
+        async with self.db.read() as session:
+            endpoint = await session.get(WebhookEndpoint, endpoint_id)
+        if endpoint is None or caller.scope not in (None, endpoint.owner):
+            raise NotFound(f"no webhook endpoint {endpoint_id}")
+        return endpoint
+
+    async def _check_url(self, url: str) -> None:
+        if self.allow_private:
+            return  # any address will do: nothing to resolve now
         try:
             await check_target(url, allow_private=self.allow_private)
-            response = await self.http.post(url, content=body, headers=headers)
         except ForbiddenTarget as exc:
-            return False, {"error": f"target refused: {exc}"}
-        except httpx.HTTPError as exc:
-            return False, {"error": type(exc).__name__}
-        return response.is_success, {"http_status": response.status_code}
+            raise InvalidRequest(
+                f"url: {exc}",
+                details=[
+                    {
+                        "loc": ["body", "url"],
+                        "msg": f"{exc}{_PRIVATE_HINT if 'public' in str(exc) else ''}",
+                        "type": "forbidden_target",
+                    }
+                ],
+            ) from None
 
-    async def _finish(self, lease: Lease, event: NewEvent | None) -> None:
-        """No more deliveries: counted when one was attempted, recorded with its event."""
-        attempts = lease.job.webhook_attempts + (1 if event else 0)
-        patch = JobPatch(next_check_at=None, webhook_attempts=attempts)
-        async with self.db.write() as conn:
-            now = utcnow()
-            if await repo.release(conn, lease, now, patch) and event is not None:
-                await repo.add_events(conn, lease.job.id, [event], now)
 
-    async def _retry_later(self, lease: Lease, failed: NewEvent) -> None:
-        attempt = lease.job.webhook_attempts + 1
-        async with self.db.write() as conn:
-            now = utcnow()
-            retry_at = now + timedelta(seconds=self.retry.delay(attempt))
-            if await repo.release(conn, lease, now, JobPatch(webhook_attempts=attempt), retry_at):
-                await repo.add_events(conn, lease.job.id, [failed], now)
+async def _owned(conn: AsyncConnection, owner: str) -> list[str]:
+    query = select(WebhookEndpoint.id).where(WebhookEndpoint.owner == owner)
+    return list((await conn.execute(query)).scalars())
+
+
+async def _resend(conn: AsyncConnection, delivery_ids: list[int], now: datetime) -> None:
+    if not delivery_ids:
+        return
+    # One still being retried is only brought forward: it keeps its place in the schedule.
+    still_retrying = WebhookDelivery.state == DeliveryState.PENDING
+    await conn.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(delivery_ids))
+        .values(
+            manual=case((still_retrying, WebhookDelivery.manual), else_=True),
+            state=DeliveryState.PENDING,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )

@@ -1,7 +1,7 @@
 """The worker's loops, in the style of Prefect's LoopService: `run_once()` is the
 production body (and what tests drive), `serve()` only schedules it. Each loop leases due
 jobs of one queue (app/jobs/leases.py) and hands each to the one service method that
-handles it (app/runtime.py builds the four: submit, reconcile, expire, webhook).
+handles it (app/runtime.py builds them: submit, reconcile, expire, archive).
 """
 
 from __future__ import annotations

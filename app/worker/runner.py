@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 
@@ -50,6 +51,14 @@ class QueueGauges:
                 await asyncio.wait_for(stopping.wait(), GAUGE_INTERVAL_SECONDS)
 
 
+class Background(Protocol):
+    """Work the worker runs beside its claim loops until told to stop."""
+
+    name: str
+
+    async def serve(self, stopping: asyncio.Event) -> None: ...
+
+
 class Periodic:
     """A service's `run_once()` (the production body, what tests drive), run every
     `seconds`, the first time after `first_delay`, until the worker stops. A failure is
@@ -89,11 +98,11 @@ class Worker:
         db: Database,
         loops: Sequence[ClaimLoop],
         lease_owner: str,
-        periodic: Sequence[Periodic] = (),
+        background: Sequence[Background] = (),
     ) -> None:
         self.lease_owner = lease_owner
         self.loops = {loop.name: loop for loop in loops}
-        self.periodic = {task.name: task for task in periodic}
+        self.background = {task.name: task for task in background}
         self.gauges = QueueGauges(db, self.loops)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -107,7 +116,7 @@ class Worker:
         log.info("worker_started", lease_owner=self.lease_owner)
         runners = [asyncio.create_task(loop.serve()) for loop in self.loops.values()]
         runners.append(asyncio.create_task(self.gauges.serve(self._stopping)))
-        runners += [asyncio.create_task(p.serve(self._stopping)) for p in self.periodic.values()]
+        runners += [asyncio.create_task(b.serve(self._stopping)) for b in self.background.values()]
         try:
             await asyncio.gather(*runners)
         except asyncio.CancelledError:
