@@ -44,9 +44,10 @@ CLAIM_SPACING_SECONDS = 0.02
 # A lease lasts twice the POST's timeout and this much: the attempt is recorded by then
 # (a killed worker's deliveries are sent again once their leases end).
 LEASE_MARGIN_SECONDS = 5.0
-# At most this many connection pools, one per https host name (a TLS connection belongs to
-# the name it was opened for) plus one for plain http.
-MAX_POOLS = 64
+# At most this many connection pools are kept (the least recently used is closed).
+MAX_POOLS = 256
+# Waiting deliveries are checked for a lost wake-up this often.
+STRANDED_CHECK_SECONDS = 30.0
 
 
 class Deliverer:
@@ -77,7 +78,9 @@ class Deliverer:
             disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),
         )
         self.name = "webhooks"
-        self._pools: OrderedDict[str | None, httpx.AsyncClient] = OrderedDict()
+        self._pools: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._next_stranded_check = 0.0
         self._sending: set[asyncio.Task[None]] = set()
         self._done: list[Sent] = []
         self._woken = asyncio.Event()
@@ -95,6 +98,9 @@ class Deliverer:
         if self.free <= 0:
             return 0
         async with self.db.write() as conn:
+            if time.monotonic() >= self._next_stranded_check:
+                self._next_stranded_check = time.monotonic() + STRANDED_CHECK_SECONDS
+                await repo.stranded(conn)
             now = utcnow()
             leased = await repo.claim(
                 conn,
@@ -229,7 +235,7 @@ class Deliverer:
                 self._secrets(outgoing, now), outgoing.message_id, now, outgoing.payload
             ),
         }
-        pool = self._pool(target)
+        pool = self._pool(outgoing, target)
         request = target.request(pool, "POST", content=outgoing.payload.encode(), headers=headers)
         try:
             response = await pool.send(request, stream=True)
@@ -254,22 +260,29 @@ class Deliverer:
             secrets.append(endpoint_secret(self.server_key, outgoing.endpoint_id, generation - 1))
         return secrets
 
-    def _pool(self, target: PinnedTarget) -> httpx.AsyncClient:
-        key = target.sni_hostname
+    def _pool(self, outgoing: Outgoing, target: PinnedTarget) -> httpx.AsyncClient:
+        """Connections kept per endpoint (at most its concurrency: small pools are cheap to
+        search), and per host name for jobs' own URLs (a TLS connection belongs to the
+        name it was opened for)."""
+        key = f"{outgoing.endpoint_id or ''}|{target.sni_hostname or ''}|{target.address}"
         pool = self._pools.get(key)
-        if pool is None:
-            pool = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
-                follow_redirects=False,
-                transport=self.transport,
-                limits=httpx.Limits(max_connections=self.slots, max_keepalive_connections=32),
-            )
-            self._pools[key] = pool
-            if len(self._pools) > MAX_POOLS:
-                _, oldest = self._pools.popitem(last=False)
-                asyncio.get_running_loop().create_task(oldest.aclose())
-        else:
+        if pool is not None:
             self._pools.move_to_end(key)
+            return pool
+        size = self.per_endpoint if outgoing.endpoint_id else self.slots
+        pool = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
+            follow_redirects=False,
+            transport=self.transport,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        )
+        self._pools[key] = pool
+        if len(self._pools) > MAX_POOLS:
+            _, oldest = self._pools.popitem(last=False)
+            self._closing.add(asyncio.get_running_loop().create_task(oldest.aclose()))
+            for task in list(self._closing):
+                if task.done():
+                    self._closing.discard(task)
         return pool
 
 

@@ -35,6 +35,9 @@ class WebhookEventType(StrEnum):
 
 
 class DeliveryState(StrEnum):
+    # Behind an earlier delivery of the same job to the same endpoint: pending once that
+    # one has succeeded or been given up (so an endpoint hears a job's events in order).
+    WAITING = "waiting"
     PENDING = "pending"  # due at next_attempt_at (or being sent, while leased)
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # given up: out of attempts, 410 Gone, or the endpoint disabled
@@ -114,6 +117,7 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_order", "job_id", "endpoint_id", "id"),
         Index("ix_webhook_deliveries_endpoint", "endpoint_id", "state"),
         Index("ix_webhook_deliveries_message_id", "message_id"),
+        Index("ix_webhook_deliveries_lease", "lease_expires_at"),
     )
 
 

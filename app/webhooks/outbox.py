@@ -130,8 +130,10 @@ async def add_message(
     now: datetime,
     targets: Sequence[Target],
 ) -> str:
-    """A message (its body fixed now) and one delivery per target, due at once."""
+    """A message (its body fixed now) and one delivery per target: due at once, or waiting
+    behind the job's earlier message the endpoint has not heard yet."""
     message_id = new_message_id()
+    behind = await _still_owed(conn, job_id, [t.endpoint_id for t in targets])
     body = {"type": event_type.value, "timestamp": now.isoformat(), "data": data}
     await conn.execute(
         insert(WebhookMessage).values(
@@ -151,9 +153,9 @@ async def add_message(
                 "endpoint_id": target.endpoint_id,
                 "url": target.url,
                 "job_id": job_id,
-                "state": DeliveryState.PENDING,
+                "state": DeliveryState.WAITING if target.endpoint_id in behind else _DUE,
                 "attempts": 0,
-                "next_attempt_at": now,
+                "next_attempt_at": None if target.endpoint_id in behind else now,
                 "manual": False,
                 "created_at": now,
                 "updated_at": now,
@@ -162,3 +164,30 @@ async def add_message(
         ],
     )
     return message_id
+
+
+_DUE = DeliveryState.PENDING
+_OWED = (DeliveryState.PENDING, DeliveryState.WAITING)
+
+
+async def _still_owed(
+    conn: AsyncConnection, job_id: str | None, endpoint_ids: Sequence[str | None]
+) -> set[str]:
+    """The endpoints still owed an earlier message of this job. On PostgreSQL those
+    deliveries are locked (in id order, as the delivery loop updates them), so one ending
+    meanwhile either lets this one go after we commit, or is seen as ended here."""
+    named = [endpoint_id for endpoint_id in endpoint_ids if endpoint_id is not None]
+    if job_id is None or not named:
+        return set()
+    query = (
+        select(WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.endpoint_id.in_(named),
+            WebhookDelivery.state.in_(_OWED),
+        )
+        .order_by(WebhookDelivery.id)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {str(endpoint_id) for endpoint_id in (await conn.execute(query)).scalars()}

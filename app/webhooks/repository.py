@@ -1,10 +1,11 @@
 """The delivery loop's reads and writes of the outbox, on the caller's connection.
 
 A delivery is leased (its own lease, never the job's) by the worker sending it. One is
-due when it is pending, its time has come, its lease is free, no earlier delivery of the
-same job to the same endpoint is still pending (so `job.running` reaches an endpoint
-before `job.succeeded`), and its endpoint has fewer than WEBHOOK_ENDPOINT_CONCURRENCY
-deliveries being sent (so one slow endpoint cannot take every slot).
+due when it is pending, its time has come, its lease is free, and its endpoint has fewer
+than WEBHOOK_ENDPOINT_CONCURRENCY deliveries being sent (so one slow endpoint cannot take
+every slot). A job's later events wait (`waiting`) behind the one an endpoint has not
+heard yet (app/webhooks/outbox.py); each delivery that ends lets the next one go, so
+`job.running` reaches an endpoint before `job.succeeded`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.orm import aliased
 
+from app.db_types import UTCDateTime
+from app.timeutil import utcnow
 from app.webhooks.models import (
     AttemptTrigger,
     DeliveryState,
@@ -33,7 +35,6 @@ from app.webhooks.policy import Answer, Outcome
 SCAN_FACTOR = 4
 
 _D = WebhookDelivery
-_EARLIER = aliased(WebhookDelivery)
 _ALREADY_DISABLED = "endpoint disabled"
 
 
@@ -82,11 +83,15 @@ async def claim(
     per_endpoint: int,
 ) -> list[Outgoing]:
     """Lease up to `limit` due deliveries; what sending each takes."""
-    blocked = exists().where(
-        _EARLIER.job_id == _D.job_id,
-        _EARLIER.endpoint_id == _D.endpoint_id,
-        _EARLIER.state == DeliveryState.PENDING,
-        _EARLIER.id < _D.id,
+    full = (
+        select(_D.endpoint_id)
+        .where(
+            _D.state == DeliveryState.PENDING,
+            _D.lease_expires_at >= now,
+            _D.endpoint_id.is_not(None),
+        )
+        .group_by(_D.endpoint_id)
+        .having(func.count() >= per_endpoint)
     )
     query = (
         select(_D.id, _D.endpoint_id)
@@ -94,7 +99,7 @@ async def claim(
             _D.state == DeliveryState.PENDING,
             _D.next_attempt_at <= now,
             (_D.lease_expires_at.is_(None)) | (_D.lease_expires_at < now),
-            ~blocked,
+            _D.endpoint_id.is_(None) | _D.endpoint_id.not_in(full.scalar_subquery()),
         )
         .order_by(_D.next_attempt_at, _D.id)
         .limit(limit * SCAN_FACTOR)
@@ -174,6 +179,7 @@ async def record(conn: AsyncConnection, *, owner: str, sent: Sequence[Sent]) -> 
     holds), and its endpoint's health."""
     if not sent:
         return
+    sent = sorted(sent, key=lambda one: one.outgoing.delivery_id)  # lock order: no deadlock
     await conn.execute(
         insert(WebhookAttempt),
         [
@@ -222,7 +228,41 @@ async def record(conn: AsyncConnection, *, owner: str, sent: Sequence[Sent]) -> 
             for one in sent
         ],
     )
+    ended = [one for one in sent if one.outcome.state is not DeliveryState.PENDING]
+    await let_next_go(conn, [(one.outgoing.job_id, one.outgoing.endpoint_id) for one in ended])
     await _note_health(conn, sent)
+
+
+# The oldest waiting delivery of a job to an endpoint becomes due, unless one is pending.
+_NEXT_GOES = text(
+    "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = :now, updated_at = :now "
+    "WHERE id = (SELECT min(w.id) FROM webhook_deliveries w WHERE w.job_id = :job_id "
+    "AND w.endpoint_id = :endpoint_id AND w.state = 'waiting') "
+    "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.job_id = :job_id "
+    "AND p.endpoint_id = :endpoint_id AND p.state = 'pending')"
+)
+
+
+async def let_next_go(
+    conn: AsyncConnection, ended: Sequence[tuple[str | None, str | None]]
+) -> None:
+    """After deliveries of (job, endpoint) ended: the next event of each job is due."""
+    pairs = sorted({pair for pair in ended if pair[0] is not None and pair[1] is not None})
+    if pairs:
+        now = utcnow()
+        await conn.execute(
+            _NEXT_GOES.bindparams(bindparam("now", type_=UTCDateTime())),
+            [{"job_id": j, "endpoint_id": e, "now": now} for j, e in pairs],
+        )
+
+
+async def stranded(conn: AsyncConnection) -> None:
+    """A safety net, run now and then: waiting deliveries with nothing pending before them
+    (none should exist) are let go."""
+    rows = await conn.execute(
+        select(_D.job_id, _D.endpoint_id).where(_D.state == DeliveryState.WAITING).distinct()
+    )
+    await let_next_go(conn, [(job_id, endpoint_id) for job_id, endpoint_id in rows])
 
 
 async def _note_health(conn: AsyncConnection, sent: Sequence[Sent]) -> None:
@@ -257,7 +297,10 @@ async def disable(conn: AsyncConnection, endpoint_id: str, reason: str, now: dat
     )
     await conn.execute(
         update(_D)
-        .where(_D.endpoint_id == endpoint_id, _D.state == DeliveryState.PENDING)
+        .where(
+            _D.endpoint_id == endpoint_id,
+            _D.state.in_([DeliveryState.PENDING, DeliveryState.WAITING]),
+        )
         .values(
             state=DeliveryState.FAILED,
             next_attempt_at=None,

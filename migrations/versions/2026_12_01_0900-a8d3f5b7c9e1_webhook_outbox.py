@@ -96,6 +96,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_endpoint", "webhook_deliveries", ["endpoint_id", "state"])
     op.create_index("ix_webhook_deliveries_message_id", "webhook_deliveries", ["message_id"])
+    op.create_index("ix_webhook_deliveries_lease", "webhook_deliveries", ["lease_expires_at"])
     op.create_table(
         "webhook_attempts",
         sa.Column("id", ROW_ID, autoincrement=True, nullable=False),
