@@ -1,8 +1,8 @@
-"""Run the benchmarks of issues 6 and 12, of output archiving and of waiting; print the
-machine and a table per benchmark.
+"""Run the benchmarks of issues 6 and 12, of output archiving, of waiting, of costs, of
+outgoing webhooks and of the dashboard's pages; print the machine and a table per benchmark.
 
     python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
-                        [--only ingest,reads,e2e,catalog,archive,waiters,costs]
+                        [--only ingest,reads,e2e,catalog,archive,waiters,costs,webhooks,ui]
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
 in a list query's plan). Missed performance goals are printed, never fatal: the figures are
@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import archive, catalog, costs, e2e, ingest, profile, reads, waiters
+from bench import archive, catalog, costs, e2e, ingest, profile, reads, ui, waiters, webhooks
 from bench.common import (
     BACKENDS,
     BENCH_DIR,
@@ -36,7 +36,7 @@ from bench.common import (
 from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
-BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive", "waiters", "costs")
+BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive", "waiters", "costs", "webhooks", "ui")
 # Benchmarks whose database only keeps bookkeeping: run once, on SQLite when it is chosen.
 ONCE = frozenset({"archive"})
 # Benchmarks of what only PostgreSQL does (LISTEN/NOTIFY across processes).
@@ -138,6 +138,15 @@ async def main_async(args: argparse.Namespace) -> int:
                             sampler,
                             BENCH_DIR / "results" if args.profile else None,
                         )
+                    elif name == "webhooks":
+                        outcome = await webhooks.run_backend(
+                            backend,
+                            size,
+                            sampler,
+                            BENCH_DIR / "results" if args.profile else None,
+                        )
+                    elif name == "ui":
+                        outcome = await ui.run_backend(backend, size, sampler)
                     elif name == "catalog":
                         outcome = await catalog.run_backend(backend, size, sampler)
                     elif name == "archive":

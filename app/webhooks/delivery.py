@@ -146,7 +146,7 @@ class Deliverer:
                     asyncio.ensure_future(self._woken.wait()),
                 ]
                 if self._sending:
-                    waits.append(asyncio.ensure_future(_first_of(self._sending)))
+                    waits.append(asyncio.ensure_future(_first_of(set(self._sending))))
                 _done, pending = await asyncio.wait(
                     waits, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -287,7 +287,9 @@ class Deliverer:
 
 
 async def _first_of(tasks: set[asyncio.Task[None]]) -> None:
-    await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+    """Until one of `tasks` (a snapshot: they may all be done by the time this runs) ends."""
+    if tasks:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
