@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # job.progress is sent at most this often per job.
     webhook_progress_seconds: float = Field(default=5, ge=0, le=3600)
 
+    # --- the dashboard (README, Dashboard) -------------------------------------------------
+    # A sign-in lasts this long (the session ends sooner when its API key is revoked).
+    ui_session_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+
     # --- waiting and streams (README, Results without polling) ----------------------------
     # A comment line on idle streams at least this often, so proxies keep them open.
     stream_heartbeat_seconds: float = Field(default=15, ge=1, le=300)

@@ -26,6 +26,8 @@ from app.ops.router import router as ops_router
 from app.runtime import Runtime
 from app.sandbox.simulator import Faults, create_simulator
 from app.streams.router import router as streams_router
+from app.ui.router import router as ui_router
+from app.ui.router import static_assets
 from app.web.errors import install_error_handlers
 from app.web.middleware import BodySizeLimit, InFlight, RequestContext
 from app.web.openapi import install_openapi
@@ -134,8 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.router.routes.append(CallbackRoute())
     routers = (jobs_router, streams_router, outputs_router, models_router, webhooks_router)
-    for router in (*routers, estimates_router, usage_router, ops_router):
+    for router in (*routers, estimates_router, usage_router, ops_router, ui_router):
         app.include_router(router)
+    app.mount("/ui/static", static_assets(), name="ui-static")
     if simulator is not None:
         app.mount(SANDBOX_MOUNT_PATH, simulator)
     install_openapi(app)

@@ -1,6 +1,6 @@
 """Every ORM model, imported in one place so that metadata is complete (Alembic, tests)."""
 
-from app.auth.models import ApiKey, RateLimitWindow
+from app.auth.models import ApiKey, RateLimitWindow, UiSession
 from app.billing.models import Budget, ProviderAccount, UsageDay
 from app.catalog.models import CatalogVersion
 from app.jobs.models import IdempotencyKey, Job, JobEvent
@@ -17,6 +17,7 @@ __all__ = [
     "ProviderAccount",
     "RateLimitWindow",
     "ServiceSecret",
+    "UiSession",
     "UsageDay",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -31,6 +31,7 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 TABLES = (
+    "ui_sessions",
     "webhook_attempts",
     "webhook_deliveries",
     "webhook_messages",

@@ -47,3 +47,18 @@ class Caller:
     def scope(self) -> str | None:
         """The owner to filter by, or None for an admin."""
         return None if self.is_admin else self.owner
+
+
+class UiSession(Base):
+    """A dashboard sign-in: the API key it was made with, by the hash of its cookie token
+    (the token itself is only in the browser), until `expires_at` or sign-out."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token
+    key_id: Mapped[str] = mapped_column(String(40))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_ui_sessions_expires_at", "expires_at"),)

@@ -29,6 +29,9 @@ class UsageDay(Base):
     estimated_millicredits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     charged_millicredits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     spent_millicredits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Of `jobs`, those that ended so far, by outcome (the dashboard's jobs per status).
+    succeeded_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_usage_daily_day", "day"),)
 

@@ -45,6 +45,8 @@ async def record_created(
         estimated_millicredits=reserved,
         charged_millicredits=0,
         spent_millicredits=reserved,
+        succeeded_jobs=0,
+        failed_jobs=0,
     )
     excluded = statement.excluded
     await conn.execute(
@@ -69,16 +71,20 @@ async def record_ended(
     model: str,
     spend_change: int,
     charged: int,
+    succeeded: bool,
 ) -> None:
-    """An ended job's reservation becomes what it spent; what PoYo charged is added."""
-    if not spend_change and not charged:
-        return
+    """An ended job's reservation becomes what it spent; what PoYo charged is added; the
+    job is counted by its outcome."""
+    outcome = _USAGE.succeeded_jobs if succeeded else _USAGE.failed_jobs
     await conn.execute(
         update(UsageDay)
         .where(_USAGE.owner == owner, _USAGE.day == day, _USAGE.model == model)
         .values(
-            spent_millicredits=_USAGE.spent_millicredits + spend_change,
-            charged_millicredits=_USAGE.charged_millicredits + charged,
+            {
+                _USAGE.spent_millicredits: _USAGE.spent_millicredits + spend_change,
+                _USAGE.charged_millicredits: _USAGE.charged_millicredits + charged,
+                outcome: outcome + 1,
+            }
         )
     )
 

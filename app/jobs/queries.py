@@ -48,6 +48,8 @@ class JobFilter:
     model: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    # Any of these models (a category's, say); an empty tuple matches nothing.
+    models: tuple[str, ...] | None = None
 
 
 def encode_cursor(value: str) -> str:
@@ -108,6 +110,8 @@ async def list_jobs(
         query = query.where(_JOBS.status == filters.status)
     if filters.model is not None:
         query = query.where(_JOBS.model == filters.model)
+    if filters.models is not None:
+        query = query.where(_JOBS.model.in_(filters.models))
     if filters.created_after is not None:
         query = query.where(_JOBS.id >= first_job_id_at(_ms_ceiling(filters.created_after)))
     if filters.created_before is not None:

@@ -246,6 +246,7 @@ async def _record_spend(
         model=job.model,
         spend_change=spent - (estimate or 0),
         charged=charged or 0,
+        succeeded=not failed,
     )
 
 

@@ -16,7 +16,7 @@ What goes:
   process killed mid-download);
 - webhook delivery attempts older than the cutoff, and test-sends (messages of no job);
 - always: idempotency keys past their retention (IDEMPOTENCY_TTL_SECONDS; an older key
-  is never honoured anyway) and spent rate-limit windows.
+  is never honoured anyway), spent rate-limit windows and expired dashboard sign-ins.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from sqlalchemy import Delete, delete, or_, select, tuple_
 
 from app.archive.rules import job_prefix
 from app.archive.storage import Storage, sweep_scratch
-from app.auth.models import RateLimitWindow
+from app.auth.models import RateLimitWindow, UiSession
 from app.auth.ratelimit import WINDOW_SECONDS
 from app.db import Database
 from app.ids import first_job_id_at
@@ -99,6 +99,7 @@ async def prune(
     ) + await _in_batches(
         db, result, lambda: _old_test_messages(result.cutoff, batch_size), batch_size
     )
+    await _in_batches(db, result, lambda: _ended_sessions(now, batch_size), batch_size)
     spent = int(time.time()) // WINDOW_SECONDS * WINDOW_SECONDS - WINDOW_SECONDS
     result.rate_limit_windows = await _in_batches(
         db, result, lambda: _spent_windows(spent, batch_size), batch_size
@@ -216,3 +217,9 @@ def _old_test_messages(cutoff: datetime, batch_size: int) -> Delete:
         .limit(batch_size)
     )
     return delete(WebhookMessage).where(WebhookMessage.id.in_(old.scalar_subquery()))
+
+
+def _ended_sessions(now: datetime, batch_size: int) -> Delete:
+    """Dashboard sign-ins past their expiry."""
+    old = select(UiSession.id).where(UiSession.expires_at < now).limit(batch_size)
+    return delete(UiSession).where(UiSession.id.in_(old.scalar_subquery()))
