@@ -27,8 +27,11 @@ DAYS = 14
 CREDIT_DAYS = 30
 FAILURE_DAYS = 7
 DURATION_HOURS = 24
-# Durations are read from at most this many recent ended jobs: a bounded read at any size.
-DURATION_SAMPLE = 20_000
+# Durations and failure reasons are read from at most this many of the most recent ended
+# (failed) jobs, through the (owner, status, id) and (status, id) indexes: the page costs
+# the same at any number of jobs.
+DURATION_SAMPLE = 2_000
+FAILURE_SAMPLE = 2_000
 TOP_FAILURES = 10
 
 
@@ -49,6 +52,8 @@ class OverviewPage:
     durations: list[Durations]
     failures_total: int
     daily_budget_credits: float | None
+    failure_sample: int = FAILURE_SAMPLE
+    duration_sample: int = DURATION_SAMPLE
 
 
 class Overview:
@@ -124,13 +129,18 @@ class Overview:
 
     def _failures(self, caller: Caller) -> Executable:
         since = first_job_id_at(utcnow() - timedelta(days=FAILURE_DAYS))
-        code = Job.error["code"].as_string()
-        query = select(code.label("code"), func.count().label("count")).where(
+        recent = select(Job.error["code"].as_string().label("code")).where(
             Job.status == JobStatus.FAILED, Job.id >= since
         )
         if caller.scope is not None:
-            query = query.where(Job.owner == caller.scope)
-        return query.group_by(code).order_by(func.count().desc(), code).limit(TOP_FAILURES)
+            recent = recent.where(Job.owner == caller.scope)
+        sample = recent.order_by(Job.id.desc()).limit(FAILURE_SAMPLE).subquery()
+        return (
+            select(sample.c.code, func.count().label("count"))
+            .group_by(sample.c.code)
+            .order_by(func.count().desc(), sample.c.code)
+            .limit(TOP_FAILURES)
+        )
 
     def _ended(self, caller: Caller) -> Executable:
         since = first_job_id_at(utcnow() - timedelta(hours=DURATION_HOURS))
