@@ -19,6 +19,7 @@ from app.config import SANDBOX_MOUNT_PATH
 from app.jobs.states import JobStatus
 from app.main import create_app
 from app.sandbox.simulator import create_simulator
+from app.ui.router import router as ui_router
 from tests.clirun import POYO_RELAY, clean_env
 from tests.conftest import SIMULATOR_KEY, Service, ServiceFactory, Simulator
 from tests.support import IMAGE_JOB, TEXT_JOB, eventually, free_socket
@@ -147,6 +148,9 @@ async def test_metric_names_and_labels_are_bounded(service: Service) -> None:
     # The registry is the process's: a sandbox-mode service run earlier by another test
     # counted its mounted simulator's requests under the mount's path.
     routes |= {SANDBOX_MOUNT_PATH + getattr(r, "path", "") for r in create_simulator().routes}
+    # The dashboard's pages are left out of the OpenAPI document (tests/test_ui*.py, run
+    # earlier in the same process, count them).
+    routes |= {getattr(route, "path", "") for route in ui_router.routes}
     closed = {
         "model": set(Catalog(load_snapshot()).models),
         "endpoint": {"submit", "status", "balance"},

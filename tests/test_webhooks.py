@@ -427,7 +427,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_why(
     assert disabled["disabled_reason"].startswith("every attempt failed since ")
     assert disabled["failing_since"] is not None
     count = await hooks.count("down")
-    assert 3 <= count <= 6
+    assert 2 <= count <= 6  # about 1 s of attempts 0.3 s apart (fewer on a busy machine)
     await asyncio.sleep(0.8)
     assert await hooks.count("down") == count  # its pending delivery was given up
 
