@@ -188,7 +188,6 @@ async def archive_once(
             completed_at=now,
             submit_attempts=1,
             poll_attempts=0,
-            webhook_attempts=0,
             archive_status=ArchiveStatus.PENDING,
             archive_attempts=0,
             archive_due_at=now,
