@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request, Response
+from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Service, ServiceFactory
@@ -487,6 +488,12 @@ async def test_delivery_log_redeliver_and_recover(
     assert hidden.status_code == 404
     bad = await call(service.client, "POST", base + "/recover", params={"since": "yesterday"})
     assert bad.status_code == 422
+
+    assert (await call(service.client, "DELETE", base)).status_code == 204
+    async with service.runtime.db.read_connection() as conn:
+        for table in ("webhook_deliveries", "webhook_attempts"):
+            left = await conn.scalar(text(f"SELECT count(*) FROM {table}"))
+            assert left == 0, table  # gone with their endpoint
 
 
 # ---- isolation -------------------------------------------------------------------------

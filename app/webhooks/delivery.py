@@ -72,7 +72,6 @@ class Deliverer:
         self.per_endpoint = settings.webhook_endpoint_concurrency
         self.poll_seconds = settings.worker_poll_seconds
         self.lease = timedelta(seconds=2 * self.timeout + LEASE_MARGIN_SECONDS)
-        self.overlap = timedelta(seconds=settings.webhook_secret_overlap_seconds)
         self.rules = Rules(
             retry_delays=settings.webhook_retry_delays,
             disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),

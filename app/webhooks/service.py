@@ -125,15 +125,7 @@ class EndpointService:
     async def delete(self, caller: Caller, endpoint_id: str) -> None:
         await self._endpoint(caller, endpoint_id)
         async with self.db.write() as conn:
-            deliveries = select(WebhookDelivery.id).where(
-                WebhookDelivery.endpoint_id == endpoint_id
-            )
-            await conn.execute(
-                delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries))
-            )
-            await conn.execute(
-                delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
-            )
+            # Its deliveries and their attempts go with it (ON DELETE CASCADE).
             await conn.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
 
     # ---- secrets -------------------------------------------------------------------------
