@@ -9,7 +9,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install run test lint format fuzz bench bench-smoke chaos clean
 
+# A Python without its venv module (Debian and Ubuntu ship it apart) fails here with the fix.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make: $(PYTHON) must be Python 3.11+ with its venv module; on Debian/Ubuntu:" >&2; \
+	  echo "      sudo apt-get install python3-venv   (or PYTHON=python3.12 make ...)" >&2; \
+	  exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ NAMING_CONVENTION = {
 }
 
 _WRITE = "poyo_write"
+_TOPICS = "poyo_topics"
 _SINGLE_STATEMENT = "poyo_single_statement"
 # PostgreSQL lets a few write transactions run at once; SQLite has one writer.
 POSTGRES_WRITE_CONCURRENCY = 3
@@ -147,6 +149,23 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
 
+class Topic(StrEnum):
+    """What a unit of write may announce to this process's listeners once it commits."""
+
+    WEBHOOKS_DUE = "webhooks_due"
+
+
+def announce(conn: AsyncConnection, topic: Topic) -> None:
+    """Once this unit of write commits, wake this process's listeners of `topic` (a loop
+    that would otherwise only find the work at its next poll)."""
+    topics: set[Topic] = conn.info.setdefault(_TOPICS, set())
+    topics.add(topic)
+
+
+def _announced(conn: AsyncConnection) -> frozenset[Topic]:
+    return frozenset(conn.info.pop(_TOPICS, ()))
+
+
 class Database:
     """One engine per process, and the units of work built on it."""
 
@@ -181,16 +200,18 @@ class Database:
         # SQLite has one writer; queueing writers here is cheaper than spinning on the lock.
         self._writer_turns = WriterTurns() if self._is_sqlite else None
         self.write_concurrency = 1 if self._is_sqlite else POSTGRES_WRITE_CONCURRENCY
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._commit_listeners: list[tuple[Topic | None, Callable[[], None]]] = []
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after each unit of write of this process commits (the change
-        feed's in-process wake-up; it must be quick and must not raise)."""
-        self._commit_listeners.append(listener)
+    def on_commit(self, listener: Callable[[], None], topic: Topic | None = None) -> None:
+        """Call `listener` after each unit of write of this process commits, or only after
+        those that announced `topic` (in-process wake-ups; it must be quick and must not
+        raise)."""
+        self._commit_listeners.append((topic, listener))
 
-    def _committed(self) -> None:
-        for listener in self._commit_listeners:
-            listener()
+    def _committed(self, topics: frozenset[Topic]) -> None:
+        for topic, listener in self._commit_listeners:
+            if topic is None or topic in topics:
+                listener()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -205,9 +226,13 @@ class Database:
     @contextlib.asynccontextmanager
     async def write(self, priority: Priority = Priority.PROGRESS) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, its turn comes by `priority` (app.writer_turns)."""
-        async with self._writer_turn(priority), self._write_engine.begin() as conn:
-            yield conn
-        self._committed()
+        async with self._writer_turn(priority), self._write_engine.connect() as conn:
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                topics = _announced(conn)  # a pooled connection carries nothing over
+        self._committed(topics)
 
     @contextlib.asynccontextmanager
     async def single_write(self, priority: Priority) -> AsyncIterator[AsyncConnection]:
@@ -218,8 +243,11 @@ class Database:
                 yield conn
             return
         async with self._single_statement_engine.connect() as conn:
-            yield conn
-        self._committed()
+            try:
+                yield conn
+            finally:
+                topics = _announced(conn)
+        self._committed(topics)
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self, priority: Priority) -> AsyncIterator[None]:

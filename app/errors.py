@@ -7,6 +7,7 @@ descriptions and examples from here (docs/API.md lists them for people).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -199,12 +200,118 @@ def for_status(status_code: int) -> type[AppError]:
 
 
 def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[ErrorItem]:
-    """Pydantic's errors without the offending input: it may be large or secret."""
+    """Pydantic's errors without the offending input (it may be large or secret), a value
+    of the wrong JSON type in a body said as such (`5 is a number; expected a string`)."""
     return [
         ErrorItem(
             loc=[str(part) for part in error.get("loc", ())],
-            msg=str(error.get("msg", "")),
+            msg=_message(error),
             type=str(error.get("type", "")),
         )
         for error in errors
     ]
+
+
+# Pydantic's type errors, by the JSON type they expect (lax mode: only these are mismatches
+# of JSON types whatever the value; a `*_parsing` error is about a string's content).
+_PYDANTIC_TYPES = {
+    "string_type": "string",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "list_type": "array",
+    "bool_type": "boolean",
+    "int_type": "integer",
+    "float_type": "number",
+}
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    loc, expected = tuple(error.get("loc", ())), _PYDANTIC_TYPES.get(str(error.get("type")))
+    if expected is not None and loc[:1] == ("body",) and "input" in error:
+        return type_mismatch(error["input"], [expected])
+    return str(error.get("msg", ""))
+
+
+# ---- a value of the wrong JSON type, described -------------------------------------------
+
+# JSON Schema's types, as a message names them, in the order it lists them.
+TYPE_NAMES = {
+    "string": "a string",
+    "integer": "a number (integer)",
+    "number": "a number",
+    "boolean": "a boolean (true or false)",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
+_SHOWN_CHARS = 24
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed JSON value ("integer" for a number without fraction)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list | tuple) else "object"
+
+
+def is_of_type(value: Any, name: str) -> bool:
+    actual = json_type(value)
+    return actual == name or (name == "number" and actual == "integer")
+
+
+def _shown(value: Any) -> str | None:
+    """`value` as a message may quote it back, or None. Never a string unless it spells a
+    number, a boolean or null (the usual slip: `"5"` for 5): input may be large or secret."""
+    if isinstance(value, str):
+        try:
+            spelled = json.loads(value, parse_constant=_not_json)
+        except (ValueError, RecursionError):
+            return None
+        if spelled is not None and not isinstance(spelled, bool | int | float):
+            return None
+    elif not (value is None or isinstance(value, bool | int | float)):
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return None
+    return text if len(text) <= _SHOWN_CHARS else None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity: Python's, not JSON
+
+
+def type_mismatch(value: Any, expected: Iterable[str], allowed: Iterable[Any] = ()) -> str:
+    """What a value of the wrong JSON type is and what was expected instead, e.g.
+    `"5" is a string; expected a number (integer): 5 or 10`."""
+    expected = list(expected)
+    wanted = [name for name in TYPE_NAMES if name in expected] or expected
+    actual, shown = json_type(value), _shown(value)
+    if actual == "number" and "integer" in wanted:
+        what = "is not a whole number"
+    elif actual == "null":
+        what = "is null"
+    else:
+        noun = {"integer": "a number", "boolean": "a boolean"}.get(actual, TYPE_NAMES[actual])
+        what = f"is {noun}"
+    message = f"{shown} {what}" if shown is not None and actual != "null" else what
+    message += f"; expected {one_of([TYPE_NAMES.get(name, name) for name in wanted])}"
+    options = [json.dumps(option, ensure_ascii=False) for option in allowed]
+    if options:
+        message += f": {one_of(options)}"
+    return message
+
+
+def one_of(words: list[str]) -> str:
+    """`a`, `a or b`, `a, b or c`."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

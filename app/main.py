@@ -128,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # app.web.openapi serves them, without FastAPI's CDN-hosted scripts and styles.
+        docs_url=None,
+        redoc_url=None,
         # Our own Prometheus metrics and structured logs cover this; FastAPI's OpenTelemetry
         # hooks would otherwise look up global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},

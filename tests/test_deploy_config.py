@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import typer.main
 import yaml
+from pydantic import SecretStr, TypeAdapter
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
@@ -213,6 +215,7 @@ def test_compose_services_and_their_order() -> None:
     assert condition("api", "migrate") == "service_completed_successfully"
     assert condition("worker", "migrate") == "service_completed_successfully"
     assert condition("api", "sandbox") == "service_healthy"
+    assert found["sandbox"]["profiles"] == ["sandbox"], "the simulator runs only when asked"
     for name, service in found.items():
         for dependency, rule in (service.get("depends_on") or {}).items():
             assert dependency in found, (name, dependency)
@@ -269,6 +272,33 @@ def test_compose_sets_only_real_settings_with_valid_values() -> None:
     assert database.password == postgres_env["POSTGRES_PASSWORD"]
     assert database.path == "/" + postgres_env["POSTGRES_DB"]
     assert api.log_format == "json"
+
+
+def started(found: dict[str, dict[str, Any]], profiles: set[str]) -> set[str]:
+    """The services `docker compose [--profile P]... up` starts; each one's dependencies
+    must start too unless they are marked `required: false` (compose then skips them)."""
+    running = {
+        name
+        for name, service in found.items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
+    for name in running:
+        for dependency, rule in (found[name].get("depends_on") or {}).items():
+            assert dependency in running or rule.get("required") is False, (name, dependency)
+    return running
+
+
+def test_the_sandbox_profile_starts_the_simulator_and_only_it() -> None:
+    sandbox_mode = services()
+    assert started(sandbox_mode, {"sandbox"}) == {"postgres", *RELAY_SERVICES}
+    assert settings_of(sandbox_mode["api"]).sandbox_mode
+
+    real = services({"POYO_API_KEY": "pk-live-0123456789"})
+    assert started(real, set()) == {"postgres", "migrate", "api", "worker"}
+    for name in ("api", "worker"):
+        assert not settings_of(real[name]).sandbox_mode
+        # api and worker wait for the simulator only when it runs
+        assert real[name]["depends_on"]["sandbox"]["required"] is False
 
 
 def test_two_variables_in_dotenv_switch_to_the_real_poyo() -> None:
@@ -549,3 +579,96 @@ def test_each_service_command_shows_help(name: str) -> None:
     result = CliRunner().invoke(cli, [*argv[1:2], "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+# ---- every default, written once: Settings; the README, .env.example and compose agree --
+
+README = ROOT / "README.md"
+# Compose runs the services in their own network, so where the API is reached differs.
+COMPOSE_OWN_DEFAULTS = {"PUBLIC_BASE_URL"}
+
+
+def as_setting(name: str, text: str) -> object:
+    """`text` as the value the setting `name` would hold (the way Settings parses it)."""
+    annotation = Settings.model_fields[name.lower()].annotation
+    assert annotation is not None
+    value = TypeAdapter(annotation).validate_python(text)
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def setting_default(name: str) -> object:
+    default = Settings.model_fields[name.lower()].default
+    return default.get_secret_value() if isinstance(default, SecretStr) else default
+
+
+def readme_defaults() -> dict[str, str]:
+    """The README's configuration table: each variable and the default it states."""
+    section = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
+        values = [
+            "" if token == "empty" else token.strip("`")
+            for token in re.findall(r"`[^`]*`|\bempty\b", cells[1])
+        ]
+        if len(values) == 1:
+            values *= len(names)
+        assert len(values) == len(names), f"README: one default per variable in {line!r}"
+        found |= dict(zip(names, values, strict=True))
+    return found
+
+
+def test_readme_table_lists_every_setting_with_its_real_default() -> None:
+    stated = readme_defaults()
+    assert SETTINGS_ENV - stated.keys() == set(), "missing from the README's table"
+    assert stated.keys() - SETTINGS_ENV == set(), "the README's table names unknown variables"
+    wrong = {
+        name: (text, setting_default(name))
+        for name, text in stated.items()
+        if as_setting(name, text) != setting_default(name)
+    }
+    assert wrong == {}, "README default (stated, real)"
+
+
+def test_env_example_values_are_the_defaults() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if re.match(r"^[A-Z][A-Z0-9_]*=", line)]
+    wrong = {
+        name: (text, setting_default(name))
+        for name, text in pairs
+        if as_setting(name, text) != setting_default(name)
+    }
+    assert wrong == {}, ".env.example value (stated, real default)"
+
+
+def test_compose_fallbacks_are_the_defaults() -> None:
+    fallbacks = re.findall(r"\$\{([A-Z][A-Z0-9_]*):-([^}]*)\}", COMPOSE_FILE.read_text())
+    settings_fallbacks = [(n, v) for n, v in fallbacks if n in SETTINGS_ENV]
+    assert len(settings_fallbacks) >= 5, "compose's ${VAR:-default} were found"
+    wrong = {
+        name: (text, setting_default(name))
+        for name, text in settings_fallbacks
+        if name not in COMPOSE_OWN_DEFAULTS and as_setting(name, text) != setting_default(name)
+    }
+    assert wrong == {}, "compose fallback (stated, real default)"
+
+
+def test_make_without_the_venv_module_says_which_package_to_install(tmp_path: Path) -> None:
+    # Debian's python3 without python3-venv: `import ensurepip` fails.
+    shadow = tmp_path / "shadow" / "ensurepip"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named ensurepip')\n")
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["make", "-C", str(ROOT), "install", f"PYTHON={sys.executable}", f"VENV={venv}"],
+        env=clean_env(PYTHONPATH=str(shadow.parent)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "sudo apt-get install python3-venv" in result.stderr
+    assert not venv.exists(), "nothing half-made"

@@ -13,10 +13,10 @@ from app.catalog import rules as family_rules
 from app.catalog.document import GENERATE, Document, Entry, JsonObject, version_of
 from app.catalog.rules import Rule
 from app.catalog.strict import NOT_BLANK, strict_schema
-from app.errors import ErrorItem, InvalidRequest
+from app.errors import TYPE_NAMES, ErrorItem, InvalidRequest, is_of_type, json_type, type_mismatch
 from app.urls import HTTP_URL_PATTERN
 
-MASK = "the value"  # error messages never echo the input: it may be large or secret
+MASK = "the value"  # messages never echo the input (large or secret): app.errors.type_mismatch
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,20 @@ def _any_string(_value: str) -> bool:
 
 
 def schema_problems(validator: Any, data: Any) -> list[ErrorItem]:
+    errors = list(validator.iter_errors(data))
+    # A value of the wrong type fails its subschema's `type` and its `enum` (or `const`)
+    # alike: one problem, which says the type sent, the type expected and the values.
+    options: dict[tuple[Any, ...], list[Any]] = {}
+    typed: set[tuple[Any, ...]] = set()
+    for error in errors:
+        if error.kind.name == "enum":
+            options[_subschema(error)] = list(error.kind.options)
+        elif error.kind.name == "const":
+            options[_subschema(error)] = [error.kind.expected_value]
+        elif error.kind.name == "type":
+            typed.add(_subschema(error))
     problems: list[ErrorItem] = []
-    for error in validator.iter_errors(data):
+    for error in errors:
         loc = ["body", "input", *(str(part) for part in error.instance_path)]
         kind = error.kind
         if kind.name == "additionalProperties":
@@ -58,12 +70,35 @@ def schema_problems(validator: Any, data: Any) -> list[ErrorItem]:
         if kind.name == "required":
             loc.append(str(kind.property))
             message = "field required"
+        elif kind.name == "type":
+            allowed = options.get(_subschema(error), [])
+            message = type_mismatch(error.instance, kind.types, allowed)
+        elif kind.name in ("enum", "const"):
+            if _subschema(error) in typed:
+                continue  # said by the type error
+            allowed = options[_subschema(error)]
+            expected = _types_of(allowed)
+            if not any(is_of_type(error.instance, name) for name in expected):
+                message, kind_name = type_mismatch(error.instance, expected, allowed), "type"
         elif kind.name == "pattern" and kind.pattern == NOT_BLANK:
             message = "must not be blank"
         elif kind.name == "pattern" and kind.pattern == HTTP_URL_PATTERN:
             message, kind_name = "must be an http(s) URL with a host and no spaces", "url"
         problems.append(ErrorItem(loc=loc, msg=message, type=kind_name))
     return problems
+
+
+def _subschema(error: Any) -> tuple[Any, ...]:
+    """The value and the subschema an error is about (its keyword's parent)."""
+    return (tuple(error.instance_path), tuple(error.schema_path)[:-1])
+
+
+def _types_of(values: list[Any]) -> list[str]:
+    """The JSON types of `values`, each once ("number" takes "integer" in)."""
+    found = {json_type(value) for value in values}
+    if "number" in found:
+        found.discard("integer")
+    return [name for name in TYPE_NAMES if name in found]
 
 
 def input_problems(
@@ -134,7 +169,15 @@ class Catalog:
         """Nothing, or a 422 listing every problem, each pointing at its field."""
         problems = self.problems(model_id, data)
         if problems:
-            raise InvalidRequest(f"invalid input for model {model_id}", details=problems)
+            # The message names the first problem: a client that shows only the message
+            # still says what to fix.
+            first = problems[0]
+            message = f"invalid input for model {model_id}: {'.'.join(first['loc'][1:])}: "
+            message += first["msg"]
+            if len(problems) > 1:
+                more = len(problems) - 1
+                message += f" (and {more} more problem{'s' if more > 1 else ''}: see details)"
+            raise InvalidRequest(message, details=problems)
 
     def search(self, *, category: str | None = None, text: str | None = None) -> list[ModelSpec]:
         """Generate models, by category and/or words in their id, title, description, tags."""

@@ -20,6 +20,29 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
+def _flags_without_a_type() -> None:
+    """Recent typers label every option of `--help` with its type, flags too: `--wait
+    <bool>`, `--help <bool>`. A flag takes no value: it gets no label, as in click's plain
+    help (and typer's before). Any typer without that label is left as it is."""
+    from typer.core import TyperOption
+
+    labelled = getattr(TyperOption, "display_type_rich", None)
+    if labelled is None or getattr(labelled, "flags_unlabelled", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        result: str | None = labelled(self, ctx)
+        return result
+
+    display_type_rich.flags_unlabelled = True  # type: ignore[attr-defined]
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010
+
+
+_flags_without_a_type()
+
 cli = typer.Typer(
     name="poyo-relay",
     help="A durable broker for asynchronous AI generation jobs on PoYo AI.",
@@ -55,6 +78,13 @@ def operator_settings() -> Settings:
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
+
+
+def setting_default(name: str) -> Any:
+    """The default of setting `name` (app/config.py), for a command-line option that
+    mirrors it (`sandbox --run-seconds`: SANDBOX_RUN_SECONDS), so that they cannot drift
+    apart; app/cli/mirrors.py finds every such option."""
+    return Settings.model_fields[name].default
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -13,6 +13,7 @@ import typer
 from app.cli.api import ApiFailure, ApiKeyOption, BaseUrlOption, JsonOption, api, call, failure_of
 from app.cli.base import EXIT_FAILED, EXIT_USAGE, cli, err, fail, out, print_json
 from app.cli.inputs import InputError, apply_pairs, parse_object
+from app.cli.tables import Col, fit, stamp
 from app.jobs.states import JobStatus
 
 if TYPE_CHECKING:
@@ -27,6 +28,14 @@ jobs_cli = typer.Typer(help="Look at jobs through the API.", no_args_is_help=Tru
 cli.add_typer(jobs_cli, name="jobs")
 
 _TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
+
+
+def progress_text(status: str, progress: int) -> str:
+    """A job's progress as shown: a failed job's is not (PoYo's last figure, even 100, says
+    nothing about a job that produced nothing; the API reports it as PoYo gave it)."""
+    if status == JobStatus.FAILED.value:
+        return "—"
+    return f"{progress}%"
 
 
 def _job_error(job: dict[str, Any]) -> str:
@@ -205,7 +214,8 @@ def _report(job: dict[str, Any], *, wait: bool, timeout: float | None, as_json: 
 def _follow(relay: Client, job: Job, *, timeout: float | None) -> Job:
     """Follow the job's event stream until it ends (or `timeout` passes), showing its
     progress."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
     def watch(show: Callable[[Job], None]) -> Job:
         current = job
@@ -223,26 +233,32 @@ def _follow(relay: Client, job: Job, *, timeout: float | None) -> Job:
 
     if not err.is_terminal:
         # No live display in logs and pipes: a line whenever the job moves.
-        shown: list[tuple[str, int]] = []
+        shown: list[str] = []
 
         def line(current: Job) -> None:
-            if [(current.status.value, current.progress)] != shown[-1:]:
-                shown.append((current.status.value, current.progress))
-                err.print(f"{current.id} {current.status} {current.progress}%", highlight=False)
+            progress = progress_text(current.status.value, current.progress)
+            text = f"{current.id} {current.status} {progress}".removesuffix(" —")
+            if text not in shown[-1:]:
+                shown.append(text)
+                err.print(text, highlight=False)
 
         return watch(line)
+    # The job id and status whole; the bar takes the room left (none at all when narrow).
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=None),
+        TextColumn("{task.fields[shown]:>4}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err) as progress:
-        bar = progress.add_task(job.id, total=100)
+    with Progress(*columns, console=err, expand=True) as progress:
+        bar = progress.add_task(job.id, total=100, shown="")
 
         def update(current: Job) -> None:
             description = f"{current.id} [bold]{current.status}[/bold]"
-            progress.update(bar, completed=current.progress, description=description)
+            shown = progress_text(current.status.value, current.progress)
+            progress.update(bar, description=description, shown=shown)
+            if current.status != JobStatus.FAILED.value:  # a failed job's bar stays put
+                progress.update(bar, completed=current.progress)
 
         return watch(update)
 
@@ -257,9 +273,8 @@ def jobs_list(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List jobs, newest first, as a table."""
-    from rich.table import Table
-
+    """List jobs, newest first, as a table: id, model and status, then its progress and
+    times when the terminal is wide enough (--json: everything)."""
     params: dict[str, Any] = {"limit": limit}
     for name, value in (("status", status), ("model", model), ("cursor", cursor)):
         if value is not None:
@@ -269,19 +284,28 @@ def jobs_list(
     if as_json:
         print_json(page)
         return
-    table = Table("id", "model", "status", "progress", "created", "completed", box=None)
-    table.columns[0].no_wrap = True
-    for job in page["data"]:
-        table.add_row(
+    columns = (
+        Col("id", whole=True),
+        Col("model"),
+        Col("status", whole=True),
+        Col("progress", rank=1, justify="right"),
+        Col("created", rank=2),
+        Col("completed", rank=3),
+    )
+    rows = [
+        (
             job["id"],
             job["model"],
             job["status"],
-            f"{job['progress']}%",
-            job["created_at"],
-            job["completed_at"] or "",
+            progress_text(job["status"], job["progress"]),
+            stamp(job["created_at"]),
+            stamp(job["completed_at"]),
         )
-    out.print(table)
-    if not page["data"]:
+        for job in page["data"]
+    ]
+    if rows:
+        out.print(fit(columns, rows, width=out.width), highlight=False)
+    else:
         out.print("no jobs")
     if page.get("next_cursor"):
         out.print(f"more: --cursor {page['next_cursor']}", highlight=False)
@@ -311,7 +335,7 @@ def jobs_show(
             ("id", job["id"]),
             ("model", job["model"]),
             ("status", job["status"]),
-            ("progress", f"{job['progress']}%"),
+            ("progress", progress_text(job["status"], job["progress"])),
             ("provider task", provider.get("task_id") or ""),
             ("created", job["created_at"]),
             ("submitted", job["submitted_at"] or ""),

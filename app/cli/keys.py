@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from app.cli.base import EXIT_FAILED, EXIT_USAGE, cli, err, out, with_db
+from app.cli.tables import Col, fit, stamp
 
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
@@ -32,22 +33,34 @@ def keys_create(
 
 @keys_cli.command("list")
 def keys_list() -> None:
-    """List keys (never their secrets)."""
-    from rich.table import Table
-
+    """List keys (never their secrets): id, name, status and role; when each was revoked
+    and created too if the terminal is wide enough."""
     from app.auth.service import list_keys
     from app.timeutil import isoformat_z
 
-    table = Table("id", "name", "admin", "created", "revoked")
-    for key in with_db(list_keys):
-        table.add_row(
+    columns = (
+        Col("id", whole=True),
+        Col("name"),
+        Col("status", whole=True),
+        Col("admin", whole=True),
+        Col("revoked at", rank=1),
+        Col("created at", rank=2),
+    )
+    rows = [
+        (
             key.id,
             key.name,
+            "active" if key.revoked_at is None else "revoked",
             "yes" if key.is_admin else "",
-            isoformat_z(key.created_at),
-            isoformat_z(key.revoked_at) or "",
+            stamp(isoformat_z(key.revoked_at)),
+            stamp(isoformat_z(key.created_at)),
         )
-    out.print(table)
+        for key in with_db(list_keys)
+    ]
+    if not rows:
+        out.print("no keys: make one with `poyo-relay keys create NAME`", highlight=False)
+        return
+    out.print(fit(columns, rows, width=out.width), highlight=False)
 
 
 @keys_cli.command("revoke")

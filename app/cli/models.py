@@ -10,6 +10,7 @@ import typer
 
 from app.cli.api import ApiKeyOption, BaseUrlOption, JsonOption, api, call
 from app.cli.base import cli, out, print_json
+from app.cli.tables import Col, fit
 
 models_cli = typer.Typer(help="The models jobs can use (PoYo's catalog).", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
@@ -27,10 +28,8 @@ def models_list(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the models, with their category and price."""
-    from rich.table import Table
-    from rich.text import Text
-
+    """List the models, with their category and price (cut short when the terminal is
+    narrow; `models show ID` has the whole rule)."""
     params = {
         name: value for name, value in (("category", category), ("q", search)) if value is not None
     }
@@ -39,16 +38,13 @@ def models_list(
     if as_json:
         print_json(page)
         return
-    table = Table("id", "category", "price", box=None)
-    table.columns[0].no_wrap = True
-    table.columns[1].no_wrap = True
-    table.columns[2].overflow = "ellipsis"
-    table.columns[2].no_wrap = True
-    table.columns[2].max_width = 40
-    for model in page["data"]:
-        price = Text(price_summary(model["billing"])[0])
-        table.add_row(model["id"], model["category"], price)
-    out.print(table)
+    columns = (Col("id", whole=True), Col("category"), Col("price", rank=1, rest="ellipsis"))
+    rows = [
+        (model["id"], model["category"], price_summary(model["billing"])[0])
+        for model in page["data"]
+    ]
+    if rows:
+        out.print(fit(columns, rows, width=out.width), highlight=False, markup=False)
     out.print(f"{len(page['data'])} models (catalog {page['catalog_version']})", highlight=False)
 
 

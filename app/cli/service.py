@@ -24,6 +24,7 @@ from app.cli.base import (
     operator_settings,
     out,
     run_async,
+    setting_default,
     settings_or_exit,
     with_db,
 )
@@ -160,8 +161,13 @@ def migrations_home() -> Path:
 def sandbox(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8100,
-    queue_seconds: Annotated[float, typer.Option(help="Time a task stays not_started.")] = 0.5,
-    run_seconds: Annotated[float, typer.Option(help="Time a task stays running.")] = 2.0,
+    # The defaults of the settings of the simulator mounted in sandbox mode.
+    queue_seconds: Annotated[
+        float, typer.Option(help="Time a task stays not_started.")
+    ] = setting_default("sandbox_queue_seconds"),
+    run_seconds: Annotated[
+        float, typer.Option(help="Time a task stays running.")
+    ] = setting_default("sandbox_run_seconds"),
     fail_rate: Annotated[float, typer.Option(help="Share of tasks that fail.")] = 0.0,
     submit_error_rate: Annotated[float, typer.Option(help="Share of submits answered 500.")] = 0.0,
     status_error_rate: Annotated[
@@ -222,17 +228,19 @@ def sandbox(
 @cli.command("config")
 def show_config() -> None:
     """Print the effective configuration, secrets masked."""
-    from rich.table import Table
+    from app.cli.tables import Col, fit
 
     settings = settings_or_exit()
-    table = Table("setting", "value", "source", box=None)
     explicit = settings.model_fields_set
-    for name, value in settings.model_dump().items():
-        shown = _masked(value)
-        table.add_row(name.upper(), shown, "environment" if name in explicit else "default")
-    table.add_row("(sandbox mode)", str(settings.sandbox_mode), "derived")
-    table.add_row("(provider URL)", settings.provider_base_url, "derived")
-    out.print(table)
+    rows = [
+        (name.upper(), _masked(value), "environment" if name in explicit else "default")
+        for name, value in settings.model_dump().items()
+    ]
+    rows.append(("(sandbox mode)", str(settings.sandbox_mode), "derived"))
+    rows.append(("(provider URL)", settings.provider_base_url, "derived"))
+    # The names whole; a long value (a URL) folds; the source only when there is room.
+    columns = (Col("setting", whole=True), Col("value", rest="fold"), Col("source", rank=1))
+    out.print(fit(columns, rows, width=out.width), highlight=False, markup=False)
 
 
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&]*")

@@ -186,8 +186,8 @@ def show(status: Status, settings: Settings) -> None:
 
     def rows() -> Table:
         table = Table(box=None, show_header=False, padding=(0, 2, 0, 0), pad_edge=False)
-        table.add_column()
-        table.add_column(justify="right")
+        table.add_column(no_wrap=True)  # the names are never cut nor folded
+        table.add_column(justify="right", no_wrap=True)
         return table
 
     out.print(f"poyo-relay status at {isoformat_z(status.at)}", highlight=False)
@@ -199,7 +199,7 @@ def show(status: Status, settings: Settings) -> None:
     section("Jobs", jobs)
 
     queues = rows()
-    queues.add_column()
+    queues.add_column(no_wrap=True)
     queues.add_column()
     for queue in status.queues:
         oldest = ""
@@ -211,7 +211,7 @@ def show(status: Status, settings: Settings) -> None:
 
     owed = status.webhooks
     webhooks = rows()
-    webhooks.add_column()
+    webhooks.add_column(no_wrap=True)
     webhooks.add_column()
     oldest = ""
     if owed.oldest_due_at is not None:

@@ -12,6 +12,7 @@ import typer
 from app.cli.api import ApiKeyOption, BaseUrlOption, JsonOption, api, call, failure_of
 from app.cli.base import cli, out, print_json
 from app.cli.service import parse_age
+from app.cli.tables import Col, fit
 
 if TYPE_CHECKING:
     import httpx
@@ -88,10 +89,8 @@ def endpoints_list(
         return
     # id and enabled are never cut; the URL column takes the rest of the width and folds a
     # long URL (whole, over lines) rather than cutting it.
-    table = _grid("id", "enabled", "url")
-    table.columns[0].no_wrap = True
-    table.columns[1].no_wrap = True
-    table.columns[2].overflow = "fold"
+    columns = (Col("id", whole=True), Col("enabled", whole=True), Col("url", rest="fold"))
+    rows = []
     for endpoint in page["data"]:
         cell = Text(endpoint["url"])
         notes = [f"events: {_events(endpoint)}"]
@@ -102,7 +101,8 @@ def endpoints_list(
         if endpoint["failing_since"]:
             notes.append(f"failing since {endpoint['failing_since']}")
         cell.append("\n" + " · ".join(notes), style="dim")
-        table.add_row(endpoint["id"], "yes" if endpoint["enabled"] else "no", cell)
+        rows.append((endpoint["id"], "yes" if endpoint["enabled"] else "no", cell))
+    table = fit(columns, rows, width=out.width)
     if page["data"]:
         out.print(table)
     else:
@@ -330,24 +330,31 @@ def deliveries(
         out.print(f"no delivery attempts to {endpoint_id} yet", highlight=False, soft_wrap=True)
         return
     # One space between columns: time, message id and event stay whole at 80 columns; the
-    # result folds (an error's text) rather than cutting them.
-    table = _grid("time (UTC)", "message", "event", "try", "ms", "result", gap=1)
-    for column in table.columns[:5]:
-        column.no_wrap = True
-    table.columns[3].justify = table.columns[4].justify = "right"
-    table.columns[5].overflow = "fold"
+    # result folds (an error's text) rather than cutting them; the latency is left out first.
+    columns = (
+        Col("time (UTC)", whole=True),
+        Col("message", whole=True),
+        Col("event", whole=True),
+        Col("try", justify="right"),
+        Col("ms", rank=1, justify="right"),
+        Col("result", rest="fold", min_width=6),
+    )
+    rows = []
     for attempt in page["data"]:
         result = str(attempt["http_status"] or "") or attempt["error"] or ""
         if attempt["trigger"] == "manual":
             result += " (redelivery)"
-        table.add_row(
-            _time(attempt["created_at"]),
-            attempt["message_id"],
-            attempt["event_type"],
-            str(attempt["attempt"]),
-            str(attempt["latency_ms"]),
-            result,
+        rows.append(
+            (
+                _time(attempt["created_at"]),
+                attempt["message_id"],
+                attempt["event_type"],
+                str(attempt["attempt"]),
+                str(attempt["latency_ms"]),
+                result,
+            )
         )
+    table = fit(columns, rows, width=out.width, gap=1)
     out.print(table, highlight=False, markup=False)
     if page.get("next_cursor"):
         out.print(f"more: --cursor {page['next_cursor']}", highlight=False)

@@ -71,7 +71,9 @@ class JobCreate(BaseModel):
     )
     webhook_url: HttpUrl | None = Field(
         default=None,
-        description=f"An http(s) URL (at most {MAX_URL_CHARS} characters) told when the job ends.",
+        description=f"An http(s) URL (at most {MAX_URL_CHARS} characters) told when the job "
+        "ends. Its host must resolve to public addresses only (unless the service allows "
+        "private ones): otherwise 422, type `forbidden_target`.",
     )
 
     @field_validator("input", "webhook_url")

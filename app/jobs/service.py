@@ -38,6 +38,7 @@ from app.metrics import JOBS_CREATED
 from app.provider.client import PoyoClient, ProviderRejected, ProviderUnavailable
 from app.provider.schemas import SubmittedTask
 from app.timeutil import utcnow
+from app.webhooks.guard import refuse_forbidden_target
 from app.writer_turns import Priority
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,14 @@ class JobService:
             replay = await self._replay(caller, idempotency_key, fingerprint)
             if replay is not None:
                 return replay, False
+        if body.webhook_url is not None:
+            # A URL no message could ever reach is refused now (422, nothing stored),
+            # rather than failed at every attempt; each attempt checks it again (DNS moves).
+            await refuse_forbidden_target(
+                body.webhook_url,
+                field="webhook_url",
+                allow_private=self.settings.webhook_allow_private,
+            )
         try:
             job = await self._insert(
                 caller, body, catalog.version, cost, idempotency_key, fingerprint

@@ -464,8 +464,8 @@ def create_simulator(
         credits = float(state.settle(asyncio.get_running_loop().time()))
         return JSONResponse({"code": 200, "msg": "success", "data": {"balance": credits}})
 
-    @app.get("/files/{task_id}/{name}")
-    async def files(task_id: str, name: str) -> Response:
+    @app.api_route("/files/{task_id}/{name}", methods=["GET", "HEAD"])
+    async def files(request: Request, task_id: str, name: str) -> Response:
         task = state.tasks.get(task_id)
         index, _, extension = name.partition(".")
         kind = KINDS.get(extension)
@@ -476,6 +476,11 @@ def create_simulator(
             return _poyo_error(404, "file expired", "not_found_error")
         seed = zlib.crc32(f"{task_id}/{index}".encode())
         content = media.render(kind, seed, _spoken(task.input))
+        if request.method == "HEAD":
+            # GET's headers without the body. The file faults are the download's: a HEAD
+            # leaves them, and the seeded sequence of their rolls, alone.
+            length = {"Content-Length": str(len(content))}
+            return Response(headers=length, media_type=kind.media_type)
         fault = await _file_fault(state, content, kind)
         return fault or Response(content, media_type=kind.media_type)
 

@@ -4,6 +4,7 @@
 - Starlette's and FastAPI's: a bare HTTP status becomes the error class of that status; a
   request FastAPI could not parse is a 422 (a 415 when its body is not JSON), unless the
   endpoint needs an API key and none valid was shown: then `401`, before anything else.
+  A body that is not valid JSON says where (line, column) and why.
 - The database unreachable or dropping connections: `503` with Retry-After; the request
   changed nothing.
 - Anything else: `500`, logged, never a stack trace.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -26,6 +28,7 @@ from app.errors import (
     AppError,
     BadRequest,
     ErrorEnvelope,
+    ErrorItem,
     InvalidRequest,
     Unavailable,
     UnsupportedMediaType,
@@ -61,7 +64,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return refused
     if _body_is_not_json(request):
         return error_response(UnsupportedMediaType())
-    return error_response(InvalidRequest(details=validation_details(exc.errors())))
+    errors = exc.errors()
+    malformed = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if malformed is not None:
+        return error_response(_malformed_json(malformed, exc.body))
+    return error_response(InvalidRequest(details=validation_details(errors)))
+
+
+def _malformed_json(error: Mapping[str, Any], document: Any) -> InvalidRequest:
+    """A body that is not JSON: where (line and column, counted from 1) and why, as the
+    parser says. FastAPI gives the character offset in `loc` and the document itself."""
+    loc, ctx = tuple(error.get("loc", ())), error.get("ctx") or {}
+    reason = str(ctx.get("error") or "not valid JSON")
+    offset = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if offset is None:
+        where = ""
+    elif isinstance(document, str) and 0 <= offset <= len(document):
+        line = document.count("\n", 0, offset) + 1
+        column = offset - document.rfind("\n", 0, offset)
+        where = f" at line {line}, column {column}"
+    else:
+        where = f" at character {offset + 1}"
+    message = f"Malformed JSON{where}: {reason}"
+    detail = ErrorItem(loc=["body"], msg=message, type="json_invalid")
+    return InvalidRequest(message, details=[detail])
 
 
 def _body_is_not_json(request: Request) -> bool:

@@ -1,7 +1,11 @@
 """The OpenAPI document: every operation lists the errors it can really answer with (in
 the one envelope, described once in app.errors), and routes served outside FastAPI's
 routing describe themselves. Each model's input schema is served by `GET /v1/models/{id}`
-(the catalog changes without a new release, so it is not frozen in here)."""
+(the catalog changes without a new release, so it is not frozen in here).
+
+It is browsable at `/docs` (Swagger UI) and `/redoc` (ReDoc), whose scripts and styles are
+served by poyo-relay itself from the fastapi-offline package: the pages work offline, and
+no visitor's browser calls a CDN, Google Fonts or Swagger's validator."""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ import copy
 from typing import Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.openapi.utils import get_openapi
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
 
 from app.errors import (
     AppError,
@@ -24,6 +36,14 @@ from app.errors import (
 from app.jobs.schemas import JOB_EXAMPLE
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+# swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png
+DOCS_ASSETS_URL = "/docs/assets"
+DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")
+# Otherwise Swagger UI shows a badge loaded from validator.swagger.io, which is sent the
+# document's URL.
+SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
 # Every request can meet these: the body limit stands in front of every route, and every
 # route reads or writes the database.
 _ALWAYS = (PayloadTooLarge, Unavailable)
@@ -159,3 +179,43 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if app.openapi_url is not None:
+        _install_docs(app, app.openapi_url)
+
+
+def _install_docs(app: FastAPI, openapi_url: str) -> None:
+    """FastAPI's own /docs and /redoc (turned off in app.main) with the assets served here."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(packages=[DOCS_ASSETS_PACKAGE]), name="docs-assets")
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url
+    parameters = {**SWAGGER_UI_PARAMETERS, **(app.swagger_ui_parameters or {})}
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            oauth2_redirect_url=root + oauth2_redirect_url if oauth2_redirect_url else None,
+            init_oauth=app.swagger_ui_init_oauth,
+            swagger_ui_parameters=parameters,
+        )
+
+    async def swagger_ui_redirect(_request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    app.add_route(DOCS_URL, swagger_ui, include_in_schema=False)
+    if oauth2_redirect_url:
+        app.add_route(oauth2_redirect_url, swagger_ui_redirect, include_in_schema=False)
+    app.add_route(REDOC_URL, redoc, include_in_schema=False)

@@ -23,7 +23,7 @@ import structlog
 
 from app.backoff import retry_after_seconds
 from app.config import Settings
-from app.db import Database
+from app.db import Database, Topic
 from app.jobs import repository as jobs_repo
 from app.jobs.events import EventType, NewEvent
 from app.keyring.models import ServerKey
@@ -84,7 +84,7 @@ class Deliverer:
         self._done: list[Sent] = []
         self._woken = asyncio.Event()
         self._finished = asyncio.Event()
-        db.on_commit(self._woken.set)
+        db.on_commit(self._woken.set, topic=Topic.WEBHOOKS_DUE)
 
     # ---- the loop --------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.errors import ErrorItem, InvalidRequest
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -39,6 +41,11 @@ NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 class ForbiddenTarget(Exception):
     """The target may not be called; the message says why (user-facing: no secrets)."""
+
+
+PRIVATE_HINT = (
+    "; webhooks go to public addresses only (WEBHOOK_ALLOW_PRIVATE=true allows private ones)"
+)
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -175,3 +182,19 @@ async def check_target(
 ) -> None:
     """Raise ForbiddenTarget when `url` may not be called (see `pin`)."""
     await pin(url, allow_private=allow_private, resolve=resolve)
+
+
+async def refuse_forbidden_target(
+    url: str, *, field: str, allow_private: bool, resolve: Resolver = system_resolve
+) -> None:
+    """A `422` at `["body", field]` (type `forbidden_target`) when webhooks could never be
+    sent to `url`: the rule every attempt applies (`pin`), applied when the URL is given.
+    With `allow_private` any address will do: nothing is resolved."""
+    if allow_private:
+        return
+    try:
+        await check_target(url, allow_private=False, resolve=resolve)
+    except ForbiddenTarget as exc:
+        hint = PRIVATE_HINT if "public" in str(exc) else ""
+        detail = ErrorItem(loc=["body", field], msg=f"{exc}{hint}", type="forbidden_target")
+        raise InvalidRequest(f"{field}: {exc}", details=[detail]) from None

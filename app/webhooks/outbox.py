@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import plain_columns
+from app.db import Topic, announce, plain_columns
 from app.ids import new_message_id
 from app.jobs.models import Job, JobRecord
 from app.jobs.schemas import job_to_dict
@@ -163,6 +163,8 @@ async def add_message(
             for target in targets
         ],
     )
+    if any(target.endpoint_id not in behind for target in targets):
+        announce(conn, Topic.WEBHOOKS_DUE)
     return message_id
 
 

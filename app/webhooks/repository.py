@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import Topic, announce
 from app.db_types import UTCDateTime
 from app.timeutil import utcnow
 from app.webhooks.models import (
@@ -254,6 +255,7 @@ async def let_next_go(
             _NEXT_GOES.bindparams(bindparam("now", type_=UTCDateTime())),
             [{"job_id": j, "endpoint_id": e, "now": now} for j, e in pairs],
         )
+        announce(conn, Topic.WEBHOOKS_DUE)
 
 
 async def stranded(conn: AsyncConnection) -> None:

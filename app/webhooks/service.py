@@ -11,14 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth.models import Caller
 from app.config import Settings
-from app.db import Database
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.db import Database, Topic, announce
+from app.errors import Conflict, NotFound
 from app.ids import new_endpoint_id
 from app.keyring.models import ServerKey
 from app.timeutil import isoformat_z, utcnow
 from app.webhooks import outbox
 from app.webhooks import repository as delivery_repo
-from app.webhooks.guard import ForbiddenTarget, check_target
+from app.webhooks.guard import refuse_forbidden_target
 from app.webhooks.models import (
     DeliveryState,
     WebhookAttempt,
@@ -44,9 +44,6 @@ from app.webhooks.signing import endpoint_secret
 
 MAX_ENDPOINTS_PER_OWNER = 50
 MAX_RECOVER = 10_000
-_PRIVATE_HINT = (
-    "; webhooks go to public addresses only (WEBHOOK_ALLOW_PRIVATE=true allows private ones)"
-)
 
 
 class EndpointService:
@@ -302,21 +299,7 @@ class EndpointService:
         return endpoint
 
     async def _check_url(self, url: str) -> None:
-        if self.allow_private:
-            return  # any address will do: nothing to resolve now
-        try:
-            await check_target(url, allow_private=self.allow_private)
-        except ForbiddenTarget as exc:
-            raise InvalidRequest(
-                f"url: {exc}",
-                details=[
-                    {
-                        "loc": ["body", "url"],
-                        "msg": f"{exc}{_PRIVATE_HINT if 'public' in str(exc) else ''}",
-                        "type": "forbidden_target",
-                    }
-                ],
-            ) from None
+        await refuse_forbidden_target(url, field="url", allow_private=self.allow_private)
 
 
 async def _owned(conn: AsyncConnection, owner: str) -> list[str]:
@@ -339,3 +322,4 @@ async def _resend(conn: AsyncConnection, delivery_ids: list[int], now: datetime)
             updated_at=now,
         )
     )
+    announce(conn, Topic.WEBHOOKS_DUE)
