@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,8 +313,11 @@ class BenchDatabase:
         return self.backend == "sqlite"
 
 
-async def create_database(backend: str, workdir: Path) -> BenchDatabase:
-    """A fresh, migrated database of this backend."""
+async def create_database(
+    backend: str, workdir: Path, env: Mapping[str, str] | None = None
+) -> BenchDatabase:
+    """A fresh, migrated database of this backend; `env` is added to the migrating
+    process's environment (e.g. another tree's PYTHONPATH, to migrate with its code)."""
     if backend == "sqlite":
         path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
         db = BenchDatabase("sqlite", f"sqlite+aiosqlite:///{path}", str(path), workdir)
@@ -330,13 +333,13 @@ async def create_database(backend: str, workdir: Path) -> BenchDatabase:
         db = BenchDatabase(
             "postgresql", "postgresql+asyncpg://" + raw.split("://", 1)[1], raw, workdir
         )
-    await asyncio.to_thread(migrate, db)
+    await asyncio.to_thread(migrate, db, env)
     return db
 
 
-def migrate(db: BenchDatabase) -> None:
+def migrate(db: BenchDatabase, extra_env: Mapping[str, str] | None = None) -> None:
     """`poyo-relay migrate` in a child process, as an operator would run it."""
-    env = service_env({"DATABASE_URL": db.url})
+    env = service_env({"DATABASE_URL": db.url, **(extra_env or {})})
     result = subprocess.run(
         [str(venv_bin("poyo-relay")), "migrate"],
         env=env,
@@ -607,3 +610,102 @@ class MemorySampler:
                 {"process": key, "peak_rss_mb": round(rss / 2**20, 1)}
                 for key, (_pid, rss) in sorted(self.peaks.items())
             ]
+
+
+# ---- CPU ------------------------------------------------------------------------------------
+
+
+def database_backend_pids(db_name: str, exclude: Iterable[int] = ()) -> list[int]:
+    """The PostgreSQL backends serving `db_name` (their process title names the database)."""
+    skip = set(exclude)
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if (
+            process.pid not in skip
+            and cmdline
+            and cmdline[0].startswith("postgres:")
+            and db_name in " ".join(cmdline)
+        ):
+            found.append(process.pid)
+    return found
+
+
+class CpuMeter:
+    """User + system CPU seconds used by a set of processes since `start()`.
+
+    `pids()` names the processes at each reading: a server's process tree (uvicorn's
+    supervisor and any workers it spawned), a database's backends. A thread reads them every
+    `interval` seconds, so a process that exits between two readings keeps what it had used
+    at its last one. Processes are told apart by pid and start time; one first seen after
+    `start()` counts from zero if it started since, else from when it was first seen.
+    """
+
+    def __init__(self, pids: Callable[[], Iterable[int]], interval: float = 0.25) -> None:
+        self._pids = pids
+        self.interval = interval
+        self._first: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._started_at = 0.0  # wall clock, as psutil's create_time()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> CpuMeter:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> CpuMeter:
+        with self._lock:
+            self._first.clear()
+            self._last.clear()
+            self._started_at = time.time()
+        self._sample(baseline=True)
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def read(self) -> float:
+        """CPU seconds used since `start()`, read now."""
+        self._sample()
+        with self._lock:
+            return sum(last - self._first[key] for key, last in self._last.items())
+
+    def processes(self) -> int:
+        """How many processes have been counted since `start()`."""
+        with self._lock:
+            return len(self._last)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self, *, baseline: bool = False) -> None:
+        try:
+            pids = list(self._pids())
+        except (psutil.Error, AssertionError):
+            return
+        for pid in pids:
+            try:
+                process = psutil.Process(pid)
+                created = process.create_time()
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            used = float(times.user + times.system)
+            key = (pid, created)
+            with self._lock:
+                if key not in self._first:
+                    born_since = not baseline and created >= self._started_at
+                    self._first[key] = 0.0 if born_since else used
+                self._last[key] = max(used, self._last.get(key, 0.0))

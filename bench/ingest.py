@@ -2,9 +2,11 @@
 
 Real uvicorn processes (the same number of workers for every variant) serve
 bench.ingest_app: (a) the service's callback endpoint, (b) a bare endpoint that parses the
-same JSON, (c) a naive durable endpoint (one ORM transaction per callback). wrk (or the
-asyncio fallback) drives each at the same concurrency, alternately a, b, c, a, b, c, ...
-Afterwards every callback that (a) or (c) answered 2xx must be in the database.
+same JSON, (c) a naive durable endpoint (one ORM transaction per callback); and
+bench.ingest_example, a separate app: (d) an in-memory receiver doing the work of PoYo's
+FastAPI example (issue 19). wrk (or the asyncio fallback) drives each at the same
+concurrency, alternately a, b, c, d, a, b, c, d, ... Afterwards every callback that (a) or
+(c) answered 2xx must be in the database.
 """
 
 from __future__ import annotations
@@ -39,18 +41,22 @@ from bench.common import (
 )
 from bench.dataset import JobSpec, generate_jobs, load_jobs
 from bench.ingest_app import BARE_PREFIX, FACTORY, NAIVE_EVENT, NAIVE_PREFIX
+from bench.ingest_example import ACCEPTED_MARK, EXAMPLE_PREFIX
 from bench.loadgen import LoadResult, run_load
 
 VARIANTS = {
     "a": ("callback endpoint", CALLBACK_PATH),
     "b": ("bare (parse JSON, 200)", BARE_PREFIX),
     "c": ("naive durable (ORM txn)", NAIVE_PREFIX),
+    "d": ("in-memory (PoYo's example)", EXAMPLE_PREFIX),
 }
 GOALS = {
     # backend: (a/b at least, a/c at least, p99 of (a) at most, ms)
     "postgresql": (0.35, 3.0, 50.0),
     "sqlite": (0.15, 3.0, 100.0),
 }
+# Issue 19, against (d), on both backends: a/d at least, p99 of (a) at most, ms.
+GOALS_D = (1.0, 25.0)
 STORED_A = ("callback.received", "callback.duplicate", "callback.ignored")
 
 
@@ -166,6 +172,7 @@ async def run_backend(
     with workdir() as tmp:
         db = await create_database(backend, tmp)
         server: ServerProcess | None = None
+        example: ServerProcess | None = None
         try:
             start = datetime.now(UTC) - timedelta(hours=2)
             jobs_a = generate_jobs(
@@ -200,9 +207,21 @@ async def run_backend(
                  "--workers", str(options.workers), "--factory", options.factory],
                 env, tmp, port,
             ).start()  # fmt: skip
+            # (d): its own app, the same uvicorn options and workers, the same environment.
+            example_port = free_port()
+            example = ServerProcess(
+                f"ingest-example-{backend}",
+                [_python(), "-m", "bench.ingest_example", "--port", str(example_port),
+                 "--workers", str(options.workers), "--pool", str(pools["a"])],
+                env, tmp, example_port,
+            ).start()  # fmt: skip
+            pools["d"] = pools["a"]
+            ports = {"a": port, "b": port, "c": port, "d": example_port}
             server.wait_ready(workers=options.workers)
+            example.wait_ready(workers=options.workers)
             label = f"ingest[{backend}]"
             sampler.watch(label, server)
+            sampler.watch(f"{label} (d)", example)
             say(
                 f"ingest [{backend}]: {options.workers} uvicorn workers, {len(jobs_a):,} + "
                 f"{len(jobs_c):,} jobs, concurrency {options.concurrency}, "
@@ -214,7 +233,7 @@ async def run_backend(
             def load(name: str, seconds: float) -> LoadResult:
                 return run_load(
                     generator=options.generator,
-                    port=port,
+                    port=ports[name],
                     pool_file=pools[name],
                     prefix=VARIANTS[name][1],
                     offset=runs[name].offset,
@@ -242,14 +261,27 @@ async def run_backend(
                         backend, name, server, load, runs, options, size
                     )
             sampler.unwatch(label)
-            errors = server.log_errors()
+            sampler.unwatch(f"{label} (d)")
+            errors = server.log_errors() + example.log_errors()
             server.stop()
             server = None
-            return await _verify_and_report(backend, db, runs, options, errors, profiles)
+            example.stop()
+            logged_d = _count_in_log(example)
+            example = None
+            return await _verify_and_report(backend, db, runs, options, errors, profiles, logged_d)
         finally:
-            if server is not None:
-                server.stop()
+            for process in (server, example):
+                if process is not None:
+                    process.stop()
             await drop_database(db)
+
+
+def _count_in_log(server: ServerProcess) -> int:
+    """(d)'s accepted callbacks: the JSON lines its handler printed (stdout, the log file)."""
+    if server.log_path is None or not server.log_path.exists():
+        return 0
+    with server.log_path.open(errors="replace") as handle:
+        return sum(line.count(ACCEPTED_MARK) for line in handle)
 
 
 def _python() -> str:
@@ -296,6 +328,7 @@ async def _verify_and_report(
     options: IngestOptions,
     errors: list[str],
     profiles: dict[str, Any],
+    logged_d: int,
 ) -> dict[str, Any]:
     counts = await _event_counts(db)
     stored_a = sum(counts.get(t, 0) for t in STORED_A)
@@ -327,7 +360,9 @@ async def _verify_and_report(
     )
     a_b = summaries["a"]["rps"] / summaries["b"]["rps"]
     a_c = summaries["a"]["rps"] / summaries["c"]["rps"]
+    a_d = summaries["a"]["rps"] / summaries["d"]["rps"]
     goal_ab, goal_ac, goal_p99 = GOALS[backend]
+    goal_ad, goal_p99_d = GOALS_D
     p99 = summaries["a"]["p99_ms"]
     inflight_a = runs["a"].sent_runs * options.concurrency
     inflight_c = runs["c"].sent_runs * options.concurrency
@@ -338,6 +373,13 @@ async def _verify_and_report(
         ("ratio a/b", f"{a_b:.2f}", f">= {goal_ab}", _verdict(a_b >= goal_ab)),
         ("ratio a/c", f"{a_c:.2f}", f">= {goal_ac}", _verdict(a_c >= goal_ac)),
         ("p99 of (a), ms", fmt(p99, 2), f"<= {goal_p99:g}", _verdict(p99 <= goal_p99)),
+        ("ratio a/d (issue 19)", f"{a_d:.2f}", f">= {goal_ad:g}", _verdict(a_d >= goal_ad)),
+        (
+            "p99 of (a), ms (issue 19)",
+            fmt(p99, 2),
+            f"<= {goal_p99_d:g}",
+            _verdict(p99 <= goal_p99_d),
+        ),
         (
             "(a) answered 2xx / events stored",
             f"{runs['a'].accepted:,} / {stored_a:,}",
@@ -368,6 +410,12 @@ async def _verify_and_report(
             f"{runs['c'].accepted:,} / {stored_c:,}",
             "stored >= answered",
             _verdict(lost_c == 0),
+        ),
+        (
+            "(d) answered 2xx / lines logged",
+            f"{runs['d'].accepted:,} / {logged_d:,}",
+            "in memory only",
+            "",
         ),
         ("rejected callbacks stored", str(rejected), "0", _verdict(rejected == 0)),
         ("server log errors", str(len(errors)), "0", _verdict(not errors)),
@@ -401,7 +449,14 @@ async def _verify_and_report(
         },
         "ratio_a_b": a_b,
         "ratio_a_c": a_c,
-        "goals": {"a_b": goal_ab, "a_c": goal_ac, "p99_ms": goal_p99},
+        "ratio_a_d": a_d,
+        "goals": {
+            "a_b": goal_ab,
+            "a_c": goal_ac,
+            "p99_ms": goal_p99,
+            "a_d": goal_ad,
+            "p99_ms_issue19": goal_p99_d,
+        },
         "events": counts,
         "accepted_a": runs["a"].accepted,
         "stored_a": stored_a,
@@ -411,6 +466,8 @@ async def _verify_and_report(
         "largest_batch_a": largest_batch,
         "accepted_c": runs["c"].accepted,
         "stored_c": stored_c,
+        "accepted_d": runs["d"].accepted,
+        "logged_d": logged_d,
         "profiles": profiles,
         "failures": failures,
     }

@@ -3,6 +3,7 @@ outgoing webhooks and of the dashboard's pages; print the machine and a table pe
 
     python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
                         [--only ingest,reads,e2e,catalog,archive,waiters,costs,webhooks,ui]
+                        [--baseline REF]   # e2e against the service of another commit too
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan
 in a list query's plan). Missed performance goals are printed, never fatal: the figures are
@@ -19,7 +20,19 @@ import time
 import traceback
 from typing import Any
 
-from bench import archive, catalog, costs, e2e, ingest, profile, reads, ui, waiters, webhooks
+from bench import (
+    archive,
+    catalog,
+    costs,
+    e2e,
+    ingest,
+    profile,
+    reads,
+    scaleout,
+    ui,
+    waiters,
+    webhooks,
+)
 from bench.common import (
     BACKENDS,
     BENCH_DIR,
@@ -36,11 +49,14 @@ from bench.common import (
 from bench.ingest_app import FACTORY
 from bench.loadgen import choose_generator
 
-BENCHMARKS = ("ingest", "reads", "e2e", "catalog", "archive", "waiters", "costs", "webhooks", "ui")
+BENCHMARKS = (
+    "ingest", "reads", "e2e", "catalog", "archive", "waiters", "costs", "webhooks", "ui",
+    "scaleout",
+)  # fmt: skip
 # Benchmarks whose database only keeps bookkeeping: run once, on SQLite when it is chosen.
 ONCE = frozenset({"archive"})
 # Benchmarks of what only PostgreSQL does (LISTEN/NOTIFY across processes).
-POSTGRES_ONLY = frozenset({"waiters"})
+POSTGRES_ONLY = frozenset({"waiters", "scaleout"})
 RSS_GOAL_MB = 150.0
 
 
@@ -87,6 +103,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="module:callable of the ingest app; to measure a candidate change (it must "
         "serve the same routes as bench.ingest_app), put its module on PYTHONPATH",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="e2e only: run it a second time per backend against the service of this git "
+        "commit (a temporary worktree, same virtualenv, same simulator) and compare; "
+        "default: none",
+    )
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -94,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     args.backends = list(BACKENDS) if args.db == "both" else [args.db]
+    if args.baseline is not None and e2e.resolve_commit(args.baseline) is None:
+        parser.error(f"--baseline {args.baseline}: not a commit of this repository")
     return args
 
 
@@ -105,6 +131,10 @@ async def main_async(args: argparse.Namespace) -> int:
           f"{', '.join(args.backends)}")  # fmt: skip
     print_machine(info)
     results: dict[str, Any] = {"size": size.name, "machine": info, "benchmarks": {}}
+    if args.baseline is not None:
+        results["baseline"] = args.baseline
+        if "e2e" not in args.only:
+            say(f"--baseline {args.baseline}: only e2e uses it, and e2e is not running")
     failures: list[str] = []
     generator = choose_generator(args.loadgen)
     if generator == "python" and {"ingest", "waiters"} & set(args.only):
@@ -147,6 +177,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         )
                     elif name == "ui":
                         outcome = await ui.run_backend(backend, size, sampler)
+                    elif name == "scaleout":
+                        outcome = await scaleout.run_backend(backend, size, sampler)
                     elif name == "catalog":
                         outcome = await catalog.run_backend(backend, size, sampler)
                     elif name == "archive":
@@ -166,6 +198,7 @@ async def main_async(args: argparse.Namespace) -> int:
                             size,
                             sampler,
                             BENCH_DIR / "results" if args.profile else None,
+                            baseline=args.baseline,
                         )
                 except BenchFailure as exc:
                     outcome = {"failures": [str(exc)]}
