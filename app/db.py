@@ -41,7 +41,6 @@ NAMING_CONVENTION = {
 }
 
 _WRITE = "poyo_write"
-_TOPICS = "poyo_topics"
 _SINGLE_STATEMENT = "poyo_single_statement"
 # PostgreSQL lets a few write transactions run at once; SQLite has one writer.
 POSTGRES_WRITE_CONCURRENCY = 3
@@ -155,15 +154,19 @@ class Topic(StrEnum):
     WEBHOOKS_DUE = "webhooks_due"
 
 
+# What each open unit of write has announced. Kept beside the connection rather than in
+# it: a unit whose connection broke must not touch it again to find out.
+_ANNOUNCED: dict[AsyncConnection, set[Topic]] = {}
+
+
 def announce(conn: AsyncConnection, topic: Topic) -> None:
     """Once this unit of write commits, wake this process's listeners of `topic` (a loop
     that would otherwise only find the work at its next poll)."""
-    topics: set[Topic] = conn.info.setdefault(_TOPICS, set())
-    topics.add(topic)
+    _ANNOUNCED.setdefault(conn, set()).add(topic)
 
 
 def _announced(conn: AsyncConnection) -> frozenset[Topic]:
-    return frozenset(conn.info.pop(_TOPICS, ()))
+    return frozenset(_ANNOUNCED.pop(conn, ()))
 
 
 class Database:
@@ -231,7 +234,7 @@ class Database:
                 async with conn.begin():
                     yield conn
             finally:
-                topics = _announced(conn)  # a pooled connection carries nothing over
+                topics = _announced(conn)
         self._committed(topics)
 
     @contextlib.asynccontextmanager

@@ -1,8 +1,9 @@
 """Run the benchmarks of issues 6 and 12, of output archiving, of waiting, of costs, of
-outgoing webhooks and of the dashboard's pages; print the machine and a table per benchmark.
+outgoing webhooks, of the dashboard's pages and of scaling out (issue 19); print the machine
+and a table per benchmark.
 
     python -m bench.run --size smoke|full [--db postgresql|sqlite|both]
-                        [--only ingest,reads,e2e,catalog,archive,waiters,costs,webhooks,ui]
+                        [--only ingest,reads,e2e,catalog,archive,waiters,costs,webhooks,ui,scaleout]
                         [--baseline REF]   # e2e against the service of another commit too
 
 Exits non-zero when a benchmark breaks (lost callbacks, errors, timeouts, a sequential scan

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
+import httpx
 import psutil  # type: ignore[import-untyped]
 
 from app.auth.service import create_key
@@ -114,71 +114,44 @@ class Submission:
     per_api: dict[int, int] = field(default_factory=dict)
 
 
-def _request(port: int, token: str, body: bytes) -> bytes:
-    return (
-        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
-async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """Status, body and whether the server closes the connection."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length: int | None = None
-    closing = False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            closing = True
-    if length is None:
-        raise BenchFailure(f"an answer without Content-Length: {head[:200]!r}")
-    return status, await reader.readexactly(length), closing
-
-
 async def submit(ports: Sequence[int], token: str, count: int, concurrency: int) -> Submission:
-    """`count` jobs from `concurrency` closed-loop clients, request i to ports[i % N]; each
-    client keeps one connection per API."""
+    """`count` jobs from `concurrency` closed-loop clients, request i to ports[i % N]; one
+    httpx pool per API (keep-alive; a connection the server closed is simply replaced)."""
     out = Submission(per_api=dict.fromkeys(ports, 0))
-    bodies = [orjson.dumps(job) for job in JOBS]
     issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    pools = {
+        port: httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, limits=limits, timeout=60
+        )
+        for port in ports
+    }
 
     async def client() -> None:
         nonlocal issued
-        conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
-        try:
-            while issued < count:
-                i = issued
-                issued += 1
-                port = ports[i % len(ports)]
-                if port not in conns:
-                    conns[port] = await asyncio.open_connection("127.0.0.1", port)
-                reader, writer = conns[port]
-                started = time.perf_counter()
-                writer.write(_request(port, token, bodies[i % len(bodies)]))
-                status, body, closing = await _response(reader)
-                out.latencies.append(time.perf_counter() - started)
-                out.per_api[port] += 1
-                if closing:
-                    writer.close()
-                    del conns[port]
-                if status != 201:
-                    out.problems.append(f"job {i}: HTTP {status} {body[:200]!r}")
-                    continue
-                answer = orjson.loads(body)
-                if answer.get("status") == "failed":
-                    out.problems.append(f"job {i}: failed at submission: {body[:200]!r}")
-                out.ids.append(str(answer["id"]))
-        finally:
-            for _, writer in conns.values():
-                writer.close()
+        while issued < count:
+            i = issued
+            issued += 1
+            port = ports[i % len(ports)]
+            started = time.perf_counter()
+            response = await pools[port].post("/v1/jobs", json=JOBS[i % len(JOBS)])
+            out.latencies.append(time.perf_counter() - started)
+            out.per_api[port] += 1
+            if response.status_code != 201:
+                out.problems.append(f"job {i}: HTTP {response.status_code} {response.text[:200]}")
+                continue
+            answer = response.json()
+            if answer.get("status") == "failed":
+                out.problems.append(f"job {i}: failed at submission: {response.text[:200]}")
+            out.ids.append(str(answer["id"]))
 
     began = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
     out.seconds = time.monotonic() - began
     return out
 
