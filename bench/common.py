@@ -312,6 +312,11 @@ class BenchDatabase:
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
 
+    @property
+    def name(self) -> str:
+        """The PostgreSQL database's name (as its backends' process titles show it)."""
+        return self.raw.rsplit("/", 1)[1].split("?", 1)[0]
+
 
 async def create_database(
     backend: str, workdir: Path, env: Mapping[str, str] | None = None
@@ -322,14 +327,7 @@ async def create_database(
         path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
         db = BenchDatabase("sqlite", f"sqlite+aiosqlite:///{path}", str(path), workdir)
     else:
-        admin = postgres_admin_url()
-        name = f"poyo_relay_bench_{uuid.uuid4().hex[:10]}"
-        conn = await asyncpg.connect(admin, timeout=10)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        raw = _with_database(admin, name)
+        raw = await create_postgres_database(f"poyo_relay_bench_{uuid.uuid4().hex[:10]}")
         db = BenchDatabase(
             "postgresql", "postgresql+asyncpg://" + raw.split("://", 1)[1], raw, workdir
         )
@@ -363,7 +361,21 @@ async def drop_database(db: BenchDatabase) -> None:
     if db.is_sqlite:
         _remove_sqlite(db.raw)
         return
-    name = db.raw.rsplit("/", 1)[1].split("?", 1)[0]
+    await drop_postgres_database(db.name)
+
+
+async def create_postgres_database(name: str) -> str:
+    """A new, empty database on the benchmarks' PostgreSQL server; its asyncpg URL."""
+    admin = postgres_admin_url()
+    conn = await asyncpg.connect(admin, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _with_database(admin, name)
+
+
+async def drop_postgres_database(name: str) -> None:
     conn = await asyncpg.connect(postgres_admin_url(), timeout=10)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

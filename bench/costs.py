@@ -703,7 +703,7 @@ async def measure_throughput(
     assert target.server.proc is not None
     assert simulator.proc is not None
     port, tenant, admin = target.server.port, tokens[OWNER], tokens[ADMIN]
-    db_name = None if target.db.is_sqlite else target.db.raw.rsplit("/", 1)[1].split("?")[0]
+    db_name = None if target.db.is_sqlite else target.db.name
     watched = Watched(
         psutil.Process(target.server.worker_pids()[0]),
         psutil.Process(simulator.proc.pid),

@@ -612,7 +612,7 @@ async def _run_tree(
                 if profile_dir is not None and profile.available():
                     spy = profile.start(service.worker_pids()[0], size.e2e_timeout + 60, raw)
                     await asyncio.sleep(0.3)
-                db_name = db.raw.rsplit("/", 1)[1].split("?", 1)[0]
+                db_name = db.name
                 skip = [progress.backend_pid] if progress.backend_pid else []
                 service_cpu = CpuMeter(service.all_pids)
                 simulator_cpu = CpuMeter(simulator.all_pids)

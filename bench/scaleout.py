@@ -44,7 +44,10 @@ from bench.common import (
     ServerProcess,
     Size,
     create_database,
+    create_postgres_database,
+    database_backend_pids,
     drop_database,
+    drop_postgres_database,
     fmt,
     free_port,
     percentile,
@@ -171,13 +174,7 @@ def _servers_cpu(servers: Sequence[ServerProcess]) -> float:
 
 
 def _postgres_cpu(db_name: str) -> float:
-    """The backends serving `db_name` (their process title names the database)."""
-    total = 0.0
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info.get("cmdline") or []
-        if cmdline and cmdline[0].startswith("postgres:") and db_name in " ".join(cmdline):
-            total += _process_cpu(process.pid)
-    return total
+    return sum(_process_cpu(pid) for pid in database_backend_pids(db_name))
 
 
 def _machine_busy() -> float:
@@ -214,10 +211,6 @@ async def _db_counters(admin_url: str, db_name: str) -> tuple[int, int, int, int
     if row is None:
         return (0, 0, 0, 0)
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
-
-
-def _db_name(db: BenchDatabase) -> str:
-    return db.raw.rsplit("/", 1)[1].split("?", 1)[0]
 
 
 # ---- one N ---------------------------------------------------------------------------------
@@ -338,7 +331,7 @@ async def run_n(
     for label, server in zip(labels, stack.apis + stack.workers, strict=True):
         sampler.watch(label, server)
     admin = postgres_admin_url()
-    name = _db_name(db)
+    name = db.name
     ports = [api.port for api in stack.apis]
     pg = await asyncpg.connect(db.raw, timeout=10)
     try:
@@ -453,26 +446,14 @@ _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: ([0-9]+)", re.M)
 
 
-def _database_url(admin: str, name: str) -> str:
-    base, _, last = admin.rpartition("/")
-    query = "?" + last.split("?", 1)[1] if "?" in last else ""
-    return f"{base}/{name}{query}"
-
-
 async def run_pgbench(scale: ScaleSize) -> dict[str, Any]:
     """pgbench on a scratch database of the benchmarks' PostgreSQL server."""
     binary = shutil.which("pgbench")
     if binary is None:
         say("pgbench not found (apt-get install -y postgresql-contrib): skipped")
         return {"skipped": "pgbench not found"}
-    admin = postgres_admin_url()
     name = f"poyo_relay_bench_pgbench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _database_url(admin, name)
+    url = await create_postgres_database(name)
     out: dict[str, Any] = {
         "scale": scale.pgbench_scale,
         "clients": PGBENCH_CLIENTS,
@@ -489,7 +470,7 @@ async def run_pgbench(scale: ScaleSize) -> dict[str, Any]:
                 f"scaleout: pgbench {' '.join(extra)} -c {PGBENCH_CLIENTS} -j "
                 f"{PGBENCH_THREADS} -T {scale.pgbench_seconds}".replace("  ", " ")
             )
-            cpu = psutil.cpu_times_percent(interval=None)
+            psutil.cpu_times_percent(interval=None)  # from here: the next call's interval
             text = await _pgbench(
                 [binary, *extra, "-c", str(PGBENCH_CLIENTS), "-j", str(PGBENCH_THREADS),
                  "-T", str(scale.pgbench_seconds), url]
@@ -505,11 +486,7 @@ async def run_pgbench(scale: ScaleSize) -> dict[str, Any]:
                 "cores_idle": cpu.idle / 100 * (psutil.cpu_count() or 1),
             }
     finally:
-        conn = await asyncpg.connect(admin, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_postgres_database(name)
     return out
 
 

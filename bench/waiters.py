@@ -786,7 +786,7 @@ async def run_backend(
     say(f"waiters [{backend}]: preparing the database")
     with workdir() as tmp:
         db = await create_database(backend, tmp)
-        db_name = db.raw.rsplit("/", 1)[1].split("?", 1)[0]
+        db_name = db.name
         server: ServerProcess | None = None
         try:
             start = datetime.now(UTC) - timedelta(hours=3)

@@ -592,7 +592,7 @@ async def run_throughput(
         0,
     )
     receiver_process = receiver.process
-    db_name = db.raw.rsplit("/", 1)[1].split("?", 1)[0] if not db.is_sqlite else ""
+    db_name = db.name if not db.is_sqlite else ""
     launched = time.monotonic()
     worker.start()
     processes.append(worker)
