@@ -43,7 +43,7 @@ class ForbiddenTarget(Exception):
     """The target may not be called; the message says why (user-facing: no secrets)."""
 
 
-PRIVATE_HINT = (
+_PRIVATE_HINT = (
     "; webhooks go to public addresses only (WEBHOOK_ALLOW_PRIVATE=true allows private ones)"
 )
 
@@ -195,6 +195,6 @@ async def refuse_forbidden_target(
     try:
         await check_target(url, allow_private=False, resolve=resolve)
     except ForbiddenTarget as exc:
-        hint = PRIVATE_HINT if "public" in str(exc) else ""
+        hint = _PRIVATE_HINT if "public" in str(exc) else ""
         detail = ErrorItem(loc=["body", field], msg=f"{exc}{hint}", type="forbidden_target")
         raise InvalidRequest(f"{field}: {exc}", details=[detail]) from None
