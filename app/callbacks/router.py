@@ -75,10 +75,10 @@ class CallbackRoute(Route):
 
     def openapi_operation(self, components: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """This route in the OpenAPI document: (path, method, operation)."""
-        status = TypeAdapter(TaskStatus).json_schema(ref_template=REF)
-        components.update(status.pop("$defs", {}))
-        components["ProviderTaskStatus"] = status
-        components["CallbackAck"] = TypeAdapter(CallbackAck).json_schema()
+        for name, shape in (("ProviderTaskStatus", TaskStatus), ("CallbackAck", CallbackAck)):
+            schema = TypeAdapter(shape).json_schema(ref_template=REF)
+            components.update(schema.pop("$defs", {}))  # nested models: components too
+            components[name] = schema
         flat = {"$ref": REF.format(model="ProviderTaskStatus")}
         wrapped = {"type": "object", "required": ["data"], "properties": {"data": flat}}
         body = {"description": "PoYo's task status, wrapped or flat", "oneOf": [wrapped, flat]}
