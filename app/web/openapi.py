@@ -44,6 +44,15 @@ DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")
 # Otherwise Swagger UI shows a badge loaded from validator.swagger.io, which is sent the
 # document's URL.
 SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
+# The pages may load and call nothing but this service, whatever their bundles would fetch
+# (ReDoc's footer asks a CDN for Redocly's logo): the browser refuses it. Swagger UI starts
+# from an inline script and ReDoc injects its styles, hence 'unsafe-inline'; ReDoc's
+# search runs in a blob: worker.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # Every request can meet these: the body limit stands in front of every route, and every
 # route reads or writes the database.
 _ALWAYS = (PayloadTooLarge, Unavailable)
@@ -191,31 +200,40 @@ def _install_docs(app: FastAPI, openapi_url: str) -> None:
 
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            oauth2_redirect_url=root + oauth2_redirect_url if oauth2_redirect_url else None,
-            init_oauth=app.swagger_ui_init_oauth,
-            swagger_ui_parameters=parameters,
+        return _confined(
+            get_swagger_ui_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - Swagger UI",
+                swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+                swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+                oauth2_redirect_url=root + oauth2_redirect_url if oauth2_redirect_url else None,
+                init_oauth=app.swagger_ui_init_oauth,
+                swagger_ui_parameters=parameters,
+            )
         )
 
     async def swagger_ui_redirect(_request: Request) -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return _confined(get_swagger_ui_oauth2_redirect_html())
 
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_redoc_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            with_google_fonts=False,
+        return _confined(
+            get_redoc_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+                redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+                with_google_fonts=False,
+            )
         )
 
     app.add_route(DOCS_URL, swagger_ui, include_in_schema=False)
     if oauth2_redirect_url:
         app.add_route(oauth2_redirect_url, swagger_ui_redirect, include_in_schema=False)
     app.add_route(REDOC_URL, redoc, include_in_schema=False)
+
+
+def _confined(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
