@@ -162,9 +162,6 @@ class ChangeFeed:
         self.listener: Listener | None = None
         # Set while the feed has read everything committed that it knows of.
         self._caught_up = asyncio.Event()
-        self._reading = asyncio.Lock()
-        # Commits were made that the feed has not read (it was not woken for them).
-        self._behind = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -196,13 +193,7 @@ class ChangeFeed:
         self.started = True
 
     def wake(self) -> None:
-        # With nobody subscribed, nothing needs the news at once (a commit costs no read):
-        # the poll keeps `position` within STREAM_POLL_SECONDS, and the next subscriber
-        # reads up to date first.
-        if self._count:
-            self._wake.set()
-        else:
-            self._behind = True
+        self._wake.set()
 
     async def caught_up(self, seconds: float) -> None:
         """Until the feed has handed out everything it has read (a transaction's events may
@@ -243,8 +234,6 @@ class ChangeFeed:
     async def subscribe(self, **criteria: Any) -> AsyncIterator[Subscription]:
         """A subscription for the `with` block (criteria as Subscription's)."""
         self.admit()
-        if self._behind:
-            await self._read_all()
         subscription = Subscription(after=self.position, limit=self.queue_limit, **criteria)
         self._add(subscription)
         try:
@@ -283,7 +272,8 @@ class ChangeFeed:
             self._wake.clear()
             self._caught_up.clear()
             try:
-                await self._read_all()
+                while await self.run_once():
+                    pass
                 self._caught_up.set()
             except Exception as exc:
                 if not is_unavailable(exc):
@@ -292,13 +282,6 @@ class ChangeFeed:
                     log.warning("change_feed_unavailable", error_type=type(exc).__name__)
                 await asyncio.sleep(self.poll_seconds)
             await asyncio.sleep(COALESCE_SECONDS)
-
-    async def _read_all(self) -> None:
-        """Read until nothing more is committed (one reader at a time)."""
-        async with self._reading:
-            self._behind = False
-            while await self.run_once():
-                pass
 
     async def run_once(self) -> bool:
         """Read what is new, hand it out; True when there may be more to read at once."""
